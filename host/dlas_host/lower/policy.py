@@ -1,0 +1,59 @@
+"""How a model's layers are lowered: the DLAS "Algorithms & Data Formats" choices for one build.
+
+A policy is part of an artifact's identity (it goes into the cache key and into every result row),
+so it is immutable and has a canonical string form.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+ALGORITHMS = ("direct", "gemm", "spatial_pack", "stock")
+"""`stock` is TVM's own default pipeline with no project kernels (kept for comparison only)."""
+LAYOUTS = ("NCHW", "NHWC", "NCHWc")
+SPARSE_FORMATS = ("dense", "csr", "bsr", "coo")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+
+class PolicyError(ValueError):
+    """A lowering choice that is unknown or unsupported; the message lists what is supported."""
+
+
+@dataclass(frozen=True)
+class LoweringPolicy:
+    algorithm: str = "spatial_pack"
+    layout: str = "NCHW"
+    sparse_format: str = "dense"
+    # Random unstructured sparsity injected into conv/dense weights for speed studies when no pruned
+    # model is given (0 = keep the weights as they are).
+    sparsity: float = 0.0
+    bsr_block: tuple[int, int] = (1, 8)
+    # Per-layer overrides: depthwise convolutions often want another algorithm than dense ones.
+    depthwise_algorithm: str | None = "direct"
+    # Extra per-layer overrides, {"conv2d_3": "gemm"} keyed by the layer's index name in the graph.
+    overrides: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _check("algorithm", self.algorithm, ALGORITHMS)
+        _check("layout", self.layout, LAYOUTS)
+        _check("sparse format", self.sparse_format, SPARSE_FORMATS)
+        if self.depthwise_algorithm is not None:
+            _check("depthwise algorithm", self.depthwise_algorithm, ALGORITHMS)
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PolicyError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        for _, algo in self.overrides:
+            _check("override algorithm", algo, ALGORITHMS)
+
+    @property
+    def is_stock(self) -> bool:
+        return self.algorithm == "stock"
+
+    def canonical(self) -> str:
+        """Stable text form used in cache keys and result rows."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise PolicyError(f"unknown {what} {value!r}; supported: {', '.join(allowed)}")
