@@ -1,0 +1,105 @@
+"""Load a compiled library (after checking its hash), run it, time it on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import devinfo
+from .protocol import BenchmarkRequest, BenchmarkResult
+from .stats import summarize
+
+
+class ArtifactRejected(RuntimeError):
+    """The uploaded library does not match the hash the host announced: it is never loaded."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(work_dir: Path, name: str) -> Path:
+    """A file inside the session's work dir; names that try to leave it are refused."""
+    if not name or os.sep in name or name in (".", "..") or (os.altsep and os.altsep in name):
+        raise ValueError(f"bad file name {name!r}: plain names inside the agent's work dir only")
+    return work_dir / name
+
+
+def _flatten(value: Any) -> list[Any]:
+    if hasattr(value, "numpy"):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        return [value]
+    out: list[Any] = []
+    for item in items:
+        out.extend(_flatten(item))
+    return out
+
+
+def run_benchmark(request: BenchmarkRequest, work_dir: Path) -> BenchmarkResult:
+    import tvm  # noqa: PLC0415 - the runtime import costs seconds; keep `dlas-agent --help` fast
+    from tvm.runtime.vm import VirtualMachine
+
+    lib_path = resolve(work_dir, request.artifact)
+    if not lib_path.is_file():
+        raise FileNotFoundError(f"artifact {request.artifact} was not uploaded")
+    actual = sha256_file(lib_path)
+    if actual != request.sha256:
+        raise ArtifactRejected(
+            f"artifact {request.artifact} has sha256 {actual[:16]}..., expected {request.sha256[:16]}...: refused to load"
+        )
+    if request.num_threads > 0:
+        tvm.get_global_func("runtime.config_threadpool")(1, request.num_threads)
+
+    t0 = time.perf_counter()
+    lib = tvm.runtime.load_module(str(lib_path))
+    dev = tvm.device(request.device, request.device_id)
+    vm = VirtualMachine(lib, dev)
+    load_s = time.perf_counter() - t0
+
+    with np.load(resolve(work_dir, request.inputs)) as npz:
+        arrays = [npz[f"arg{i}"] for i in range(len(npz.files))]
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+
+    t0 = time.perf_counter()
+    result = vm[request.entry](*args)
+    dev.sync()
+    first_run_ms = 1e3 * (time.perf_counter() - t0)
+    outputs = [o.numpy() for o in _flatten(result)]
+
+    for _ in range(max(0, request.warmup)):
+        vm[request.entry](*args)
+    dev.sync()
+
+    vm.set_input(request.entry, *args)
+    timer: Callable[..., Any] = vm.time_evaluator(
+        "invoke_stateful", dev, number=request.number, repeat=request.repeat,
+        min_repeat_ms=request.min_repeat_ms, cooldown_interval_ms=request.cooldown_ms,
+    )
+    samples_ms = [1e3 * s for s in timer(request.entry).results]
+
+    out_name = ""
+    if request.outputs:
+        out_path = resolve(work_dir, request.outputs)
+        np.savez(out_path, **{f"out{i}": o for i, o in enumerate(outputs)})
+        out_name = out_path.name
+    return BenchmarkResult(
+        ok=True,
+        stats=summarize(samples_ms),
+        load_s=load_s,
+        first_run_ms=first_run_ms,
+        outputs=out_name,
+        output_shapes=[list(o.shape) for o in outputs],
+        env=devinfo.snapshot(),
+    )

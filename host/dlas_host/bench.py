@@ -1,0 +1,173 @@
+"""One benchmark job: build (or reuse) the artifact, ship it, time it on the device, check it, store it.
+
+Every job ends in exactly one stored row: ``ok``, ``error`` (with the reason) or ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dlas_agent.stats import summarize
+
+from . import __version__
+from .cache import ArtifactCache
+from .compile import BuildSpec, CompileError, build_torch_model, compile_artifact, example_inputs
+from .devices import Device
+from .engines import ENGINES
+from .store import ResultRow, ResultStore
+from .toolchain import ToolchainError
+from .transport import AgentError, Timeouts, connect
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    number: int = 3
+    repeat: int = 10
+    warmup: int = 2
+    check: bool = True  # compare outputs with the torch reference
+    force_compile: bool = False
+
+
+def host_env() -> dict[str, Any]:
+    import torch  # noqa: PLC0415
+    import tvm  # noqa: PLC0415
+
+    return {"host": platform.node(), "python": platform.python_version(), "dlas": __version__,
+            "tvm": tvm.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}
+
+
+def base_row(spec: BuildSpec, device: Device, system: str) -> ResultRow:
+    policy = spec.policy
+    is_tvm = system == "tvm"
+    return ResultRow(
+        dataset=spec.dataset, model=spec.model, system=system, device=device.name, batch=spec.batch,
+        pruning=_pruning_label(spec), quantization=spec.quantize or "float32",
+        algorithm=policy.algorithm if is_tvm else "n/a", layout=policy.layout if is_tvm else "n/a",
+        sparse_format=policy.sparse_format if is_tvm else "dense", sparsity=policy.sparsity,
+        tuning=spec.tuning if is_tvm else "n/a", target=json.dumps(device.target, sort_keys=True),
+        threads=device.threads,
+    )
+
+
+def _pruning_label(spec: BuildSpec) -> str:
+    if spec.optimized_model:
+        return f"model:{spec.optimized_model}"
+    if spec.policy.sparsity > 0:
+        return f"random:{spec.policy.sparsity:g}"
+    return "none"
+
+
+def reference_outputs(spec: BuildSpec) -> list[np.ndarray]:
+    import torch  # noqa: PLC0415
+
+    model = build_torch_model(spec)
+    with torch.inference_mode():
+        out = model(*[torch.from_numpy(a) for a in example_inputs(spec)])
+    return [out.numpy()]
+
+
+def max_abs_err(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    if len(outputs) != len(reference):
+        return float("inf")
+    errs = [float(np.max(np.abs(o.astype(np.float64) - r.astype(np.float64)))) if o.shape == r.shape
+            else float("inf") for o, r in zip(outputs, reference)]
+    return max(errs) if errs else float("nan")
+
+
+def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOptions | None = None,
+              progress: Progress = lambda _msg: None, cache: ArtifactCache | None = None,
+              timeouts: Timeouts | None = None, sweep_id: str = "", job_key: str = "") -> ResultRow:
+    opts = opts or RunOptions()
+    row = base_row(spec, device, "tvm")
+    row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
+    try:
+        progress(f"compiling {spec.model}/{spec.dataset} for {device.name}")
+        artifact = compile_artifact(spec, device, cache, force=opts.force_compile)
+        row.artifact_sha256, row.artifact_key, row.artifact_bytes = artifact.sha256, artifact.key, artifact.size
+        row.compile_s = artifact.compile_s
+        row.extra["artifact_cached"] = artifact.cached
+        progress(f"running on {device.name} ({'cached' if artifact.cached else 'new'} artifact, "
+                 f"{artifact.size / 2**20:.1f} MiB)")
+        with connect(device, timeouts) as client:
+            row.device_env = json.loads(client.device_info().to_json())
+            result, outputs = client.benchmark(artifact.path, artifact.sha256, example_inputs(spec),
+                                               number=opts.number, repeat=opts.repeat, warmup=opts.warmup,
+                                               num_threads=device.threads)
+        if not result.ok or result.stats is None:
+            raise AgentError(f"{device.name}: {result.error}")
+        row.set_stats(result.stats)
+        row.load_s = result.load_s
+        row.device_env["after_run"] = result.env
+        if opts.check:
+            progress("checking outputs against torch")
+            row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
+    except (CompileError, ToolchainError, AgentError, OSError, ValueError) as exc:
+        row.status, row.error = "error", str(exc)
+    store.add(row)
+    return row
+
+
+def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStore, opts: RunOptions | None = None,
+                 progress: Progress = lambda _msg: None, sweep_id: str = "", job_key: str = "") -> ResultRow:
+    """Time a framework baseline in a fresh process (local device only: frameworks don't ship to agents)."""
+    opts = opts or RunOptions()
+    row = base_row(spec, device, engine)
+    row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
+    if engine not in ENGINES:
+        row.status, row.error = "error", f"unknown engine {engine!r}; known: {', '.join(ENGINES)}"
+    elif device.connection.type != "local":
+        row.status = "skipped"
+        row.error = f"{engine} baseline runs on the local device only ({device.name} is {device.connection.type})"
+    else:
+        progress(f"timing {engine} in a fresh process")
+        try:
+            samples, outputs = run_engine_process(engine, spec, device.threads, opts)
+            row.set_stats(summarize(samples))
+            if opts.check:
+                row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
+        except EngineSkipped as exc:
+            row.status, row.error = "skipped", str(exc)
+        except (RuntimeError, OSError) as exc:
+            row.status, row.error = "error", str(exc)
+    store.add(row)
+    return row
+
+
+class EngineSkipped(RuntimeError):
+    pass
+
+
+def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOptions,
+                       timeout_s: float = 1800) -> tuple[list[float], list[np.ndarray]]:
+    payload = spec.to_dict()
+    payload["_run"] = {"threads": threads, "number": opts.number, "repeat": opts.repeat, "warmup": opts.warmup}
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "outputs.npz"
+        proc = subprocess.run([sys.executable, "-m", "dlas_host.engines.run", engine, json.dumps(payload), str(out)],
+                              capture_output=True, text=True, timeout=timeout_s, env=env)
+        lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+        if not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{engine} process failed (exit {proc.returncode}): {tail}")
+        reply = json.loads(lines[-1])
+        if not reply["ok"]:
+            raise (EngineSkipped if reply.get("skipped") else RuntimeError)(f"{engine}: {reply['error']}")
+        with np.load(out) as npz:
+            outputs = [npz[f"out{i}"] for i in range(len(npz.files))]
+    return reply["samples_ms"], outputs

@@ -1,0 +1,201 @@
+"""Compile path: torch model -> torch.export -> Relax -> (optimize, lower) -> TVM build -> shared library.
+
+Artifacts are cached by everything that determines them: model and weights, optimizations, lowering
+policy, the device's target, the TVM version and a fingerprint of the project's own lowering code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, zoo
+from .cache import ArtifactCache, Entry, key_of
+from .devices import Device
+from .lower.policy import LoweringPolicy
+
+HOST_DIR = Path(__file__).resolve().parent
+
+
+class CompileError(RuntimeError):
+    """The model could not be exported, lowered or built for the target."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build, independent of where it runs."""
+
+    model: str
+    dataset: str
+    batch: int = 1
+    seed: int = 0
+    checkpoint: str | None = None
+    policy: LoweringPolicy = field(default_factory=lambda: LoweringPolicy(algorithm="stock"))
+    quantize: str | None = None  # None | "float16" | "bfloat16" | "int8"
+    optimized_model: str | None = None  # id of a stored optimized (pruned/quantized) model
+    tuning: str = "untuned"  # "untuned" | "tuned" (apply the tuning-records database)
+
+    def describe(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["policy"] = self.policy.canonical()
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BuildSpec":
+        data = dict(data)
+        policy = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+                  for k, v in data.pop("policy").items()}
+        return cls(policy=LoweringPolicy(**policy), **data)
+
+
+@dataclass
+class Artifact:
+    spec: BuildSpec
+    device: str
+    key: str
+    sha256: str
+    path: Path
+    size: int
+    cached: bool
+    compile_s: float
+    meta: dict[str, Any]
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the host code that shapes generated code, so a kernel change invalidates old artifacts."""
+    digest = hashlib.sha256()
+    files = sorted((HOST_DIR / "lower").rglob("*.py")) + [HOST_DIR / "compile.py"]
+    files += sorted((HOST_DIR / "optimize").rglob("*.py")) if (HOST_DIR / "optimize").is_dir() else []
+    files += sorted((HOST_DIR / "tune").rglob("*.py")) if (HOST_DIR / "tune").is_dir() else []
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_torch_model(spec: BuildSpec) -> Any:
+    """The float torch model the artifact is built from (also the correctness reference)."""
+    if spec.optimized_model:
+        from .optimize import modelstore  # noqa: PLC0415 - optional layer
+
+        return modelstore.load(spec.optimized_model).eval()
+    return zoo.create(spec.model, spec.dataset, checkpoint=spec.checkpoint, seed=spec.seed)
+
+
+def example_inputs(spec: BuildSpec) -> list[np.ndarray]:
+    return [zoo.example_input(spec.dataset, spec.batch, seed=spec.seed).numpy()]
+
+
+def import_relax(model: Any, inputs: list[np.ndarray]) -> Any:
+    """torch.export the model (BatchNorm folded first) and import it into Relax with constant weights."""
+    import torch  # noqa: PLC0415
+    from tvm.relax.frontend.torch import from_exported_program  # noqa: PLC0415
+
+    folded = zoo.fold_batchnorm(model)
+    args = tuple(torch.from_numpy(a) for a in inputs)
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(folded, args)
+        return from_exported_program(exported, keep_params_as_input=False)
+    except Exception as exc:  # noqa: BLE001 - export/import failures are many types; one clear error
+        raise CompileError(f"cannot import model into TVM Relax: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def build_key(spec: BuildSpec, device: Device) -> str:
+    import tvm  # noqa: PLC0415
+
+    checkpoint_hash = None
+    if spec.checkpoint:
+        from dlas_agent.runner import sha256_file  # noqa: PLC0415
+
+        checkpoint_hash = sha256_file(Path(spec.checkpoint))
+    return key_of({
+        "spec": spec.describe(),
+        "checkpoint_sha256": checkpoint_hash,
+        "target": str(device.tvm_target()),
+        "arch": device.arch,
+        "tvm": tvm.__version__,
+        "dlas": __version__,
+        "code": code_fingerprint(),
+    })
+
+
+def lower_and_build(mod: Any, spec: BuildSpec, device: Device) -> Any:
+    """Apply quantization, the lowering policy and (if asked) tuning records; return a TVM Executable."""
+    import tvm  # noqa: PLC0415
+
+    target = device.tvm_target()
+    if spec.quantize and not spec.optimized_model:
+        from .optimize.quantize import quantize_relax_for_spec  # noqa: PLC0415 - optional layer
+
+        mod = quantize_relax_for_spec(mod, spec)
+    if spec.tuning == "tuned":
+        from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
+
+        return tune_apply.build_tuned(mod, target, spec.policy)
+    if not spec.policy.is_stock:
+        from . import lower  # noqa: PLC0415
+
+        mod = lower.lower(mod, target, spec.policy)
+        pipeline = getattr(lower, "compile_pipeline", None)
+        if pipeline is not None:
+            return tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
+    return tvm.compile(mod, target=target)
+
+
+def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
+                     force: bool = False) -> Artifact:
+    from .toolchain import export_library  # noqa: PLC0415
+
+    cache = cache or ArtifactCache()
+    key = build_key(spec, device)
+    if not force:
+        hit = cache.get(key)
+        if hit is not None:
+            return _artifact(spec, device, hit, cached=True)
+    t0 = time.perf_counter()
+    inputs = example_inputs(spec)
+    model = build_torch_model(spec)
+    mod = import_relax(model, inputs)
+    try:
+        executable = lower_and_build(mod, spec, device)
+    except CompileError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CompileError(f"TVM build for {device.name} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    scratch = cache.scratch()
+    lib_path = scratch / "model.so"
+    export_library(executable, lib_path, device)
+    compile_s = time.perf_counter() - t0
+    meta = {
+        "model": spec.model, "dataset": spec.dataset, "device": device.name, "target": str(device.tvm_target()),
+        "policy": spec.policy.canonical(), "quantize": spec.quantize, "tuning": spec.tuning,
+        "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in inputs],
+        "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(),
+    }
+    entry = cache.put(key, lib_path, meta)
+    lib_path.unlink(missing_ok=True)
+    scratch.rmdir()
+    return _artifact(spec, device, entry, cached=False)
+
+
+def _artifact(spec: BuildSpec, device: Device, entry: Entry, cached: bool) -> Artifact:
+    return Artifact(spec=spec, device=device.name, key=entry.key, sha256=entry.sha256, path=entry.path,
+                    size=entry.size, cached=cached, compile_s=float(entry.meta.get("compile_s", 0.0)),
+                    meta=entry.meta)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

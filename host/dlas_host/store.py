@@ -1,0 +1,186 @@
+"""Results store: embedded SQLite, one row per measurement, every DLAS dimension a column.
+
+Rows are only ever added (a failed or skipped job is a row too, with its reason), each in its own
+transaction, in WAL mode, so a crash or a bad job never loses what was already recorded. New columns are
+added by migration; old databases keep working.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from dlas_agent.protocol import TimingStats
+
+from .paths import data_dir
+
+DIMENSIONS = ("dataset", "model", "batch", "pruning", "quantization", "algorithm", "layout", "sparse_format",
+              "sparsity", "system", "tuning", "device", "target")
+
+
+@dataclass
+class ResultRow:
+    # --- the DLAS stack: what was measured ---
+    dataset: str
+    model: str
+    system: str  # tvm | torch | onnxruntime | torch_compile
+    device: str
+    batch: int = 1
+    pruning: str = "none"
+    quantization: str = "float32"
+    algorithm: str = "n/a"
+    layout: str = "n/a"
+    sparse_format: str = "dense"
+    sparsity: float = 0.0
+    tuning: str = "n/a"  # untuned | tuned | n/a
+    target: str = ""
+    # --- outcome ---
+    status: str = "ok"  # ok | error | skipped
+    error: str = ""
+    median_ms: float | None = None
+    mean_ms: float | None = None
+    stdev_ms: float | None = None
+    mad_ms: float | None = None
+    iqr_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    n: int = 0
+    samples_ms: list[float] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    max_abs_err: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    # --- provenance ---
+    artifact_sha256: str = ""
+    artifact_key: str = ""
+    artifact_bytes: int = 0
+    compile_s: float | None = None
+    load_s: float | None = None
+    threads: int = 0
+    device_env: dict[str, Any] = field(default_factory=dict)
+    host_env: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    sweep_id: str = ""
+    job_key: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def set_stats(self, stats: TimingStats) -> None:
+        for name in ("median_ms", "mean_ms", "stdev_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "min_ms",
+                     "max_ms", "n", "samples_ms", "warnings"):
+            setattr(self, name, getattr(stats, name))
+
+
+_JSON_FIELDS = {"samples_ms", "warnings", "device_env", "host_env", "extra"}
+_SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
+
+
+def _column_type(f: Any) -> str:
+    if f.name in _JSON_FIELDS:
+        return "TEXT"
+    text = str(f.type)
+    if text.startswith("int"):
+        return "INTEGER"
+    if text.startswith("float"):
+        return "REAL"
+    return "TEXT"
+
+
+COLUMNS = [(f.name, _column_type(f)) for f in fields(ResultRow)]
+
+
+def default_path() -> Path:
+    return data_dir() / "results.sqlite"
+
+
+class ResultStore:
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            self._migrate(db)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+            db.commit()
+        finally:
+            db.close()
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+        db.execute(f"CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
+        have = {row["name"] for row in db.execute("PRAGMA table_info(results)")}
+        for name, kind in COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+        for index in ("model", "device", "sweep_id", "job_key", "created_at"):
+            db.execute(f"CREATE INDEX IF NOT EXISTS idx_results_{index} ON results({index})")
+
+    def add(self, row: ResultRow) -> int:
+        data = asdict(row)
+        for key in _JSON_FIELDS:
+            data[key] = json.dumps(data[key], default=str)
+        names = list(data)
+        with self._connect() as db:
+            cur = db.execute(f"INSERT INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                             [data[n] for n in names])
+            return int(cur.lastrowid)
+
+    def query(self, where: dict[str, Any] | None = None, limit: int | None = None,
+              order: str = "id DESC") -> list[dict[str, Any]]:
+        where = where or {}
+        allowed = {name for name, _ in COLUMNS} | {"id"}
+        bad = set(where) - allowed
+        if bad:
+            raise ValueError(f"unknown result column(s) {sorted(bad)}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        sql = "SELECT * FROM results" + (f" WHERE {clause}" if clause else "") + f" ORDER BY {order}"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._connect() as db:
+            rows = [dict(r) for r in db.execute(sql, list(where.values()))]
+        for row in rows:
+            for key in _JSON_FIELDS:
+                if isinstance(row.get(key), str):
+                    row[key] = json.loads(row[key])
+        return rows
+
+    def count(self, where: dict[str, Any] | None = None) -> int:
+        return len(self.query(where))
+
+    def job_keys(self, sweep_id: str, statuses: tuple[str, ...] = ("ok", "skipped")) -> set[str]:
+        """Jobs of a sweep that already have a final row (used to resume)."""
+        marks = ", ".join("?" * len(statuses))
+        with self._connect() as db:
+            return {r[0] for r in db.execute(
+                f"SELECT job_key FROM results WHERE sweep_id = ? AND status IN ({marks})", [sweep_id, *statuses])}
+
+    def export(self, fmt: str, rows: list[dict[str, Any]] | None = None) -> str:
+        rows = self.query(order="id ASC") if rows is None else rows
+        if fmt == "json":
+            return json.dumps(rows, indent=1, default=str)
+        if fmt == "csv":
+            buf = io.StringIO()
+            names = ["id"] + [name for name, _ in COLUMNS]
+            writer = csv.DictWriter(buf, fieldnames=names, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+            return buf.getvalue()
+        raise ValueError(f"unknown export format {fmt!r}; supported: csv, json")

@@ -1,0 +1,206 @@
+"""Reaching an agent: spawn it locally, tunnel to it over SSH, or queue for it at a TVM RPC tracker.
+
+Every remote call runs under its own deadline: keepalives do not notice a dead or hung device, so a call
+that does not return in time raises ``AgentTimeout`` and the session is abandoned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+
+from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, BenchmarkRequest, BenchmarkResult,
+                                 DeviceInfo)
+
+from .devices import Device
+
+T = TypeVar("T")
+
+
+class AgentError(RuntimeError):
+    """The agent could not be reached or refused the request."""
+
+
+class AgentTimeout(AgentError):
+    """A remote call did not return within its deadline (device dead, hung or unreachable)."""
+
+
+@dataclass
+class Timeouts:
+    connect_s: float = 20.0
+    upload_s: float = 300.0
+    run_s: float = 900.0
+    info_s: float = 30.0
+    queue_s: float = 600.0  # waiting for a device at a tracker
+
+
+def call_with_deadline(fn: Callable[[], T], seconds: float, what: str) -> T:
+    """Run ``fn`` in a daemon thread; give up after ``seconds`` (the thread is abandoned with its session)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"rpc:{what}")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AgentTimeout(f"{what}: no answer within {seconds:g} s (device dead, hung or unreachable)")
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, AgentError):
+            raise exc
+        raise AgentError(f"{what}: {_first_line(exc)}") from exc
+    return box["value"]
+
+
+class AgentClient:
+    """One RPC session with an agent, speaking the shared protocol."""
+
+    def __init__(self, session: Any, device: Device, timeouts: Timeouts, endpoint: str) -> None:
+        self.session = session
+        self.device = device
+        self.timeouts = timeouts
+        self.endpoint = endpoint
+
+    def _call(self, fn_name: str, *args: Any, timeout: float) -> Any:
+        return call_with_deadline(lambda: self.session.get_function(fn_name)(*args), timeout,
+                                  f"{self.device.name}: {fn_name}")
+
+    def ping(self) -> dict[str, Any]:
+        return json.loads(self._call(FN_PING, timeout=self.timeouts.info_s))
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo.from_json(self._call(FN_DEVICE_INFO, timeout=self.timeouts.info_s))
+
+    def upload(self, local: Path, remote_name: str) -> None:
+        call_with_deadline(lambda: self.session.upload(str(local), remote_name), self.timeouts.upload_s,
+                           f"{self.device.name}: upload {remote_name}")
+
+    def download(self, remote_name: str) -> bytes:
+        return call_with_deadline(lambda: bytes(self.session.download(remote_name)), self.timeouts.upload_s,
+                                  f"{self.device.name}: download {remote_name}")
+
+    def benchmark(self, library: Path, sha256: str, inputs: list[np.ndarray], *, number: int = 3, repeat: int = 10,
+                  warmup: int = 2, num_threads: int = 0) -> tuple[BenchmarkResult, list[np.ndarray]]:
+        """Upload library and inputs, run and time on the device; return the result and the outputs."""
+        lib_name = f"{sha256[:16]}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "inputs.npz"
+            np.savez(npz, **{f"arg{i}": a for i, a in enumerate(inputs)})
+            self.upload(library, lib_name)
+            self.upload(npz, "inputs.npz")
+        request = BenchmarkRequest(artifact=lib_name, sha256=sha256, inputs="inputs.npz",
+                                   device=self.device.runtime_device, number=number, repeat=repeat, warmup=warmup,
+                                   num_threads=num_threads)
+        result = BenchmarkResult.from_json(self._call(FN_BENCHMARK, request.to_json(), timeout=self.timeouts.run_s))
+        outputs: list[np.ndarray] = []
+        if result.ok and result.outputs:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "outputs.npz"
+                path.write_bytes(self.download(result.outputs))
+                with np.load(path) as npz_out:
+                    outputs = [npz_out[f"out{i}"] for i in range(len(npz_out.files))]
+        return result, outputs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalAgent:
+    """An agent process on 127.0.0.1, started fresh for each job and stopped by its process group."""
+
+    def __init__(self, threads: int = 0, port: int | None = None, startup_s: float = 60.0) -> None:
+        self.threads = threads
+        self.port = port or _free_port()
+        self.startup_s = startup_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="dlas-agent-", suffix=".log")[1])
+
+    def start(self) -> int:
+        env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", PYTHONUNBUFFERED="1")
+        if self.threads:
+            env["TVM_NUM_THREADS"] = str(self.threads)
+        cmd = [sys.executable, "-m", "dlas_agent", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--threads", str(self.threads)]
+        log = open(self.log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                     start_new_session=True)
+        line = call_with_deadline(self.proc.stdout.readline, self.startup_s, "local agent start")  # type: ignore[union-attr]
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            self.stop()
+            raise AgentError(f"local agent failed to start: {self.log.read_text().strip().splitlines()[-1:]}") from None
+        self.port = int(event["port"])
+        return self.port
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the RPC server leaves forked workers otherwise
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def rpc_connect(host: str, port: int, key: str, session_timeout_s: int, timeouts: Timeouts) -> Any:
+    from tvm import rpc  # noqa: PLC0415
+
+    return call_with_deadline(lambda: rpc.connect(host, port, key=key, session_timeout=session_timeout_s),
+                              timeouts.connect_s, f"connect {host}:{port}")
+
+
+@contextlib.contextmanager
+def connect(device: Device, timeouts: Timeouts | None = None) -> Iterator[AgentClient]:
+    """An agent session for ``device``, torn down (and a local agent stopped) on exit."""
+    timeouts = timeouts or Timeouts()
+    conn = device.connection
+    if conn.type == "local":
+        agent = LocalAgent(threads=device.threads)
+        try:
+            port = agent.start()
+            session = rpc_connect("127.0.0.1", port, "dlas", device.agent.session_timeout_s, timeouts)
+            yield AgentClient(session, device, timeouts, f"local:127.0.0.1:{port}")
+        finally:
+            agent.stop()
+    elif conn.type == "tracker":
+        from tvm import rpc  # noqa: PLC0415
+
+        def request() -> Any:
+            tracker = rpc.connect_tracker(conn.host, conn.port)
+            return tracker.request(conn.key, priority=1, session_timeout=device.agent.session_timeout_s)
+
+        session = call_with_deadline(request, timeouts.queue_s, f"{device.name}: tracker queue for {conn.key}")
+        yield AgentClient(session, device, timeouts, f"tracker:{conn.host}:{conn.port}/{conn.key}")
+    elif conn.type == "ssh":
+        from .fleet.tunnel import ssh_agent_session  # noqa: PLC0415 - paramiko only when needed
+
+        with ssh_agent_session(device, timeouts) as client:
+            yield client
+    else:  # pragma: no cover - the schema admits no other type
+        raise AgentError(f"unknown connection type {conn.type}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
