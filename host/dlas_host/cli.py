@@ -22,8 +22,9 @@ results_app = typer.Typer(no_args_is_help=True, help="The results store.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(results_app, name="results")
 
-out = Console()
-err = Console(stderr=True)
+# Rich assumes 80 columns when stdout is not a terminal (CI logs, pipes); tables need more.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DevicesOpt = typer.Option(None, "--devices", envvar="DLAS_DEVICES", help="devices.yaml to use")
 DbOpt = typer.Option(None, "--db", envvar="DLAS_RESULTS_DB", help="results database (SQLite file)")
