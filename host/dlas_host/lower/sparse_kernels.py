@@ -1,0 +1,198 @@
+"""TVMScript PrimFuncs for block-sparse (BSR, CSR = 1x1 blocks) convolution and dense layers.
+
+The sparse arrays are runtime arguments (data/indices/indptr), so the loop over a row's nonzeros
+is a data-dependent `T.serial(indptr[i], indptr[i + 1])`; only zeros that fall inside stored
+blocks are multiplied. CPU schedule: one parallel loop over (image, row block, output tile);
+an accumulator tile in a small local buffer (kept under the 1 KiB stack limit so it is not
+heap-allocated per iteration) and the innermost loop vectorised over contiguous output columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+
+ACC_ELEMS = 224
+VEC = 16
+"""Accumulator tile size in elements: under 1 KiB of fp32/int32: LowerTVMBuiltin heap-allocates
+"local"-scope buffers and >= 1 KiB buffers inside parallel loops, so the tile is "global" scope and small."""
+
+
+def acc_dtype(in_dtype: str, out_dtype: str) -> str:
+    """int8 x int8 accumulates in int32; every float type accumulates in float32."""
+    if in_dtype.startswith(("int", "uint")):
+        return "int32"
+    return "float32"
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    limit = max(1, limit)
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Static shapes of the sparse convolution over a padded NCHW input.
+
+    The kernel works on "flat" output positions q = oh * wq + ow over a virtual output row of
+    wq = wp / stride columns, so input element (oh*s + kh*dh, ow*s + kw*dw) of a channel plane is
+    at s*q + kh*dh*wp + kw*dw: one contiguous (stride s) vector per weight nonzero. The positions
+    with ow >= OW are computed and dropped. Needs equal strides and wp % s == 0 (the pad stage
+    adds columns on the right), and hp covers the reads of the last, partly used tile.
+    """
+
+    n: int
+    c: int  # input channels (all groups)
+    hp: int  # padded (and tail-extended) input height / width
+    wp: int
+    o: int  # output channels (logical, before padding to row blocks)
+    oh: int
+    ow: int
+    stride: int
+    groups: int
+    out_layout: str  # "NCHW" or "NHWC"
+    tile: int  # flat output positions per accumulator row, a multiple of 16 when possible
+
+    @property
+    def wq(self) -> int:
+        return self.wp // self.stride
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.oh * self.wq // self.tile)
+
+
+def flat_tile(oh: int, ow: int, wq: int, block_rows: int) -> int:
+    """Accumulator row length: whole 16-lane vectors, at most ACC_ELEMS elements over all rows."""
+    q = oh * wq
+    limit = max(1, ACC_ELEMS // block_rows)
+    if limit >= 16:
+        limit -= limit % 16
+    return min(limit, -(-q // 16) * 16) if q > 16 else q
+
+
+def make_conv_kernel(
+    geo: ConvGeometry,
+    block: tuple[int, int],
+    n_blocks: int,
+    k_padded: int,
+    in_dtype: str,
+    w_dtype: str,
+    out_dtype: str,
+) -> tvm.tirx.PrimFunc:
+    """Sparse conv over a padded NCHW input.
+
+    Arguments: xp (N, C, Hp, Wp); wdata (n_blocks, RB, CB); indices (n_blocks,) block columns;
+    indptr (n_row_blocks + 1,); col_off (k_padded,) offset of each weight column (kh, kw, c) in
+    one group's padded input planes (c*Hp*Wp + kh*dh*Wp + kw*dw); out (N, O, OH, OW) or NHWC.
+    """
+    rb, cb = block
+    n, c, hp, wp = geo.n, geo.c, geo.hp, geo.wp
+    o, oh, ow, s, wq = geo.o, geo.oh, geo.ow, geo.stride, geo.wq
+    og = o // geo.groups
+    grp = (c // geo.groups) * hp * wp
+    img = c * hp * wp
+    nb = -(-o // rb)
+    tl, nt = geo.tile, geo.n_tiles
+    # 16-lane pieces: LLVM handles a loop-carried <224 x float> badly but 14 <16 x float> well.
+    vl = VEC if tl % VEC == 0 else tl
+    nv = tl // vl
+    q_total = oh * wq
+    adt = acc_dtype(in_dtype, out_dtype)
+    nhwc = geo.out_layout == "NHWC"
+    out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
+
+    @T.prim_func(private=True)
+    def kernel(
+        xp: T.Buffer((n, c, hp, wp), in_dtype),
+        wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
+        indices: T.Buffer((n_blocks,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        col_off: T.Buffer((k_padded,), "int32"),
+        out: T.Buffer(out_shape, out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xf = T.decl_buffer((n * img,), in_dtype, data=xp.data)
+        for task in T.parallel(n * nb * nt):
+            acc = T.alloc_buffer((rb, tl), adt, scope="global")
+            # meta_var inlines the expression: a named scalar here would be heap-allocated per task.
+            b = T.meta_var(task // (nb * nt))
+            ob = T.meta_var(task // nt % nb)
+            q0 = T.meta_var(task % nt * tl)
+            base = T.meta_var(b * img + (ob * rb // og) * grp + q0 * s)
+            # Only whole-row vector accesses touch `acc` so LLVM keeps it in vector registers;
+            # the scalar reads of the write-back go to the copy `res`.
+            res = T.alloc_buffer((rb, tl), adt, scope="global")
+            for r, iv in T.grid(rb, nv):
+                for il in T.vectorized(vl):
+                    acc[r, iv * vl + il] = T.cast(0, adt)
+            for k in T.serial(indptr[ob], indptr[ob + 1]):
+                for cc in T.serial(cb):
+                    off = T.meta_var(base + col_off[indices[k] * cb + cc])
+                    for r in T.unroll(rb):
+                        v = T.meta_var(T.cast(wdata[k, r, cc], adt))
+                        for iv in T.unroll(nv):
+                            for il in T.vectorized(vl):
+                                i = T.meta_var(iv * vl + il)
+                                acc[r, i] = acc[r, i] + v * T.cast(xf[off + i * s], adt)
+            for r, iv in T.grid(rb, nv):
+                for il in T.vectorized(vl):
+                    res[r, iv * vl + il] = acc[r, iv * vl + il]
+            for r, i in T.grid(rb, tl):
+                q = T.meta_var(q0 + i)
+                if ob * rb + r < o and q < q_total and q % wq < ow:
+                    if nhwc:
+                        out[b, q // wq, q % wq, ob * rb + r] = T.cast(res[r, i], out_dtype)
+                    else:
+                        out[b, ob * rb + r, q // wq, q % wq] = T.cast(res[r, i], out_dtype)
+
+    return kernel
+
+
+def make_dense_kernel(
+    batch: int,
+    k: int,
+    o: int,
+    block: tuple[int, int],
+    n_blocks: int,
+    in_dtype: str,
+    w_dtype: str,
+    out_dtype: str,
+) -> tvm.tirx.PrimFunc:
+    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K); rows are parallel."""
+    rb, cb = block
+    nb = -(-o // rb)
+    bt = _largest_divisor_at_most(batch, ACC_ELEMS // rb)
+    nbt = batch // bt
+    adt = acc_dtype(in_dtype, out_dtype)
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((batch, k), in_dtype),
+        wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
+        indices: T.Buffer((n_blocks,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        out: T.Buffer((batch, o), out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for task in T.parallel(nb * nbt):
+            acc = T.alloc_buffer((rb, bt), adt, scope="global")
+            ob = T.meta_var(task // nbt)
+            b0 = T.meta_var(task % nbt * bt)
+            for r, i in T.grid(rb, bt):
+                acc[r, i] = T.cast(0, adt)
+            for kk in T.serial(indptr[ob], indptr[ob + 1]):
+                for cc in T.unroll(cb):
+                    # Columns past K exist only as zero padding of the last block: clamp the read.
+                    col = T.meta_var(T.min(indices[kk] * cb + cc, k - 1))
+                    for r in T.unroll(rb):
+                        v = T.meta_var(T.cast(wdata[kk, r, cc], adt))
+                        for i in T.vectorized(bt):
+                            acc[r, i] = acc[r, i] + v * T.cast(x[b0 + i, col], adt)
+            for r, i in T.grid(rb, bt):
+                if ob * rb + r < o:
+                    out[b0 + i, ob * rb + r] = T.cast(acc[r, i], out_dtype)
+
+    return kernel
