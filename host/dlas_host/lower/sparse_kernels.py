@@ -161,12 +161,16 @@ def make_dense_kernel(
     w_dtype: str,
     out_dtype: str,
 ) -> tvm.tirx.PrimFunc:
-    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K); rows are parallel."""
+    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K); (row block, batch row) tasks.
+
+    Each task keeps `lanes` partial sums per row so the FMA chain is not latency bound: for
+    BSR (block_cols > 1) the lanes are a block's columns (contiguous x loads); for CSR they are 16
+    consecutive nonzeros (a gather of x), with a scalar loop for the remainder.
+    """
     rb, cb = block
     nb = -(-o // rb)
-    bt = _largest_divisor_at_most(batch, ACC_ELEMS // rb)
-    nbt = batch // bt
     adt = acc_dtype(in_dtype, out_dtype)
+    lanes = cb if cb > 1 else VEC
 
     @T.prim_func(private=True)
     def kernel(
@@ -177,22 +181,50 @@ def make_dense_kernel(
         out: T.Buffer((batch, o), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for task in T.parallel(nb * nbt):
-            acc = T.alloc_buffer((rb, bt), adt, scope="global")
-            ob = T.meta_var(task // nbt)
-            b0 = T.meta_var(task % nbt * bt)
-            for r, i in T.grid(rb, bt):
-                acc[r, i] = T.cast(0, adt)
-            for kk in T.serial(indptr[ob], indptr[ob + 1]):
-                for cc in T.unroll(cb):
-                    # Columns past K exist only as zero padding of the last block: clamp the read.
-                    col = T.meta_var(T.min(indices[kk] * cb + cc, k - 1))
+        for task in T.parallel(nb * batch):
+            part = T.alloc_buffer((rb, lanes), adt, scope="global")
+            res = T.alloc_buffer((rb, lanes), adt, scope="global")
+            ob = T.meta_var(task // batch)
+            b = T.meta_var(task % batch)
+            start = T.meta_var(indptr[ob])
+            for r in T.serial(rb):
+                for ln in T.vectorized(lanes):
+                    part[r, ln] = T.cast(0, adt)
+            if cb > 1:
+                for kk in T.serial(start, indptr[ob + 1]):
                     for r in T.unroll(rb):
-                        v = T.meta_var(T.cast(wdata[kk, r, cc], adt))
-                        for i in T.vectorized(bt):
-                            acc[r, i] = acc[r, i] + v * T.cast(x[b0 + i, col], adt)
-            for r, i in T.grid(rb, bt):
+                        for ln in T.vectorized(lanes):
+                            # Columns past K are zero padding of the last block: clamp the read.
+                            col = T.meta_var(T.min(indices[kk] * cb + ln, k - 1))
+                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, ln], adt) * T.cast(
+                                x[b, col], adt
+                            )
+            else:
+                for ch in T.serial((indptr[ob + 1] - start) // lanes):
+                    for r in T.unroll(rb):
+                        for ln in T.vectorized(lanes):
+                            kk = T.meta_var(start + ch * lanes + ln)
+                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, 0], adt) * T.cast(
+                                x[b, indices[kk]], adt
+                            )
+                for r in T.serial(rb):
+                    for ln in T.vectorized(lanes):
+                        res[r, ln] = part[r, ln]
+                for kk in T.serial(start + (indptr[ob + 1] - start) // lanes * lanes, indptr[ob + 1]):
+                    for r in T.serial(rb):
+                        res[r, 0] = res[r, 0] + T.cast(wdata[kk, r, 0], adt) * T.cast(
+                            x[b, indices[kk]], adt
+                        )
+                for r in T.serial(rb):
+                    for ln in T.vectorized(lanes):
+                        part[r, ln] = res[r, ln]
+            for r in T.serial(rb):
+                for ln in T.vectorized(lanes):
+                    res[r, ln] = part[r, ln]
+            for r in T.serial(rb):
                 if ob * rb + r < o:
-                    out[b0 + i, ob * rb + r] = T.cast(acc[r, i], out_dtype)
+                    for ln in T.serial(1, lanes):
+                        res[r, 0] = res[r, 0] + res[r, ln]
+                    out[b, ob * rb + r] = T.cast(res[r, 0], out_dtype)
 
     return kernel
