@@ -7,8 +7,9 @@ unsupported dtypes or layouts).
 
 Conv weight (O, I/groups, KH, KW) is flattened to rows = output channels and columns ordered
 (kh, kw, ic) so that a BSR column block covers consecutive input channels at one kernel tap. The
-input is padded (and, for NHWC, moved to NCHW) once in a TE stage so the kernel has no bounds
-checks; the kernel writes the requested output layout directly. COO is accepted and converted to
+input is padded, moved to channel-major (NHWC) and split by stride phase once in a TE stage, so the
+kernel reads one contiguous, unchecked vector per nonzero; it writes the requested output layout
+directly. Any stride, dilation, asymmetric padding and groups are supported. COO is accepted and converted to
 CSR at build time (the kernels are CSR/BSR only).
 """
 
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, tirx
 
 from .sparse_formats import SparseWeight, convert
-from .sparse_kernels import ConvGeometry, flat_tile, make_conv_kernel, make_dense_kernel
+from .sparse_conv_plan import emit_phase_pad, plan_conv
+from .sparse_kernels import make_conv_kernel, make_dense_kernel
 
 __all__ = ["emit_sparse_conv2d", "emit_sparse_dense", "conv_weight_matrix", "sparse_conv_weight"]
 
@@ -36,25 +38,6 @@ def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
             return None
         dims.append(int(d))
     return dims, str(ty.dtype)
-
-
-def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = [int(x) for x in v]
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
-def _pad4(padding) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) from an int, a 2-tuple (h, w) or relax's 4-tuple."""
-    if isinstance(padding, int):
-        return (padding,) * 4
-    p = [int(x) for x in padding]
-    if len(p) == 1:
-        return (p[0],) * 4
-    if len(p) == 2:
-        return (p[0], p[1], p[0], p[1])
-    return (p[0], p[1], p[2], p[3])
 
 
 def _block(fmt: str, block: tuple[int, int]) -> tuple[int, int]:
@@ -134,45 +117,17 @@ def emit_sparse_conv2d(
     blk = _block(fmt, block)
     if groups > 1 and og % blk[0]:
         return None  # a row block must not straddle two groups
-    sh, sw = _pair(strides)
-    if sh != sw:
-        return None  # the flat-row kernel needs equal strides
-    dh, dw = _pair(dilation)
-    pt, pl, pb, pr = _pad4(padding)
-    hp, wp = h + pt + pb, w + pl + pr
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    if oh <= 0 or ow <= 0:
+    plan = plan_conv(shape, data_layout, o, kh, kw, strides, padding, dilation, groups, blk[0])
+    if plan is None:
         return None
-    wp += -wp % sw  # whole virtual output rows: wp = stride * wq
-    wq = wp // sw
-    tile = flat_tile(oh, ow, wq, blk[0])
-    n_tiles = -(-oh * wq // tile)
-    # The last tile reads past row hp - 1 of a plane: extend the planes with zero rows.
-    last_read = (kh - 1) * dh * wp + (kw - 1) * dw + sw * (n_tiles * tile - 1)
-    hp = max(hp, -(-(last_read + 1) // wp))
-
     spw = convert(conv_weight_matrix(weight), fmt, blk)
     _, k_padded = spw.padded_shape
-    cols = np.arange(k_padded)
-    ci, tap = cols % cg, cols // cg
-    col_off = ci * hp * wp + (tap // kw) * dh * wp + (tap % kw) * dw
-    col_off[cols >= cg * kh * kw] = 0  # zero-weight padding columns read a valid element
-
-    def pad(x: te.Tensor) -> te.Tensor:
-        def at(b, ch, i, j):
-            ii, jj = i - pt, j - pl
-            inside = tvm.tirx.all(ii >= 0, ii < h, jj >= 0, jj < w)
-            v = x[b, ch, ii, jj] if data_layout == "NCHW" else x[b, ii, jj, ch]
-            return tvm.tirx.if_then_else(inside, v, tvm.tirx.const(0, x.dtype))
-
-        return te.compute((n, c, hp, wp), at, name="sparse_conv_pad")
-
-    xp = bb.emit(bb.call_te(pad, data, primfunc_name_hint="sparse_conv_pad"))
-    geo = ConvGeometry(n, c, hp, wp, o, oh, ow, sw, groups, data_layout, tile)
+    col_off = plan.col_offsets(groups, k_padded)
+    xp = emit_phase_pad(bb, data, plan, data_layout)
     w_dtype = _weight_dtype(weight, in_dtype)
-    kernel = make_conv_kernel(geo, blk, spw.nnz_blocks + 1, k_padded, in_dtype, w_dtype, out_dtype)
+    kernel = make_conv_kernel(plan.geo, blk, spw.nnz_blocks + 1, k_padded, in_dtype, w_dtype, out_dtype)
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_conv2d_{fmt}")
+    oh, ow = plan.geo.oh, plan.geo.ow
     out_shape = (n, oh, ow, o) if data_layout == "NHWC" else (n, o, oh, ow)
     args = [xp, *_sparse_args(spw, w_dtype), _const(col_off, "int32")]
     return relax.call_tir(gv, args, relax.TensorType(out_shape, out_dtype))

@@ -9,29 +9,30 @@ runtime constant like the sparse kernels, so the comparison isolates the format.
 from __future__ import annotations
 
 import numpy as np
-import tvm
-from tvm import relax, te
+from tvm import relax
 from tvm.script import tirx as T
 
-from .sparse import _pad4, _pair, _static_shape
-from .sparse_kernels import VEC, acc_dtype, flat_tile
+from .sparse import _static_shape, conv_weight_matrix
+from .sparse_conv_plan import emit_phase_pad, plan_conv
+from .sparse_kernels import VEC, ConvGeometry, acc_dtype
 
 
-def make_direct_conv_kernel(n, c, hp, wp, o, oh, ow, s, tile, kh, kw, dh, dw, rows, dtype, out_dtype):
-    """Dense NCHW direct conv (groups=1) over a padded input, weight (O/rows, KH*KW*C, rows)."""
+def make_direct_conv_kernel(geo: ConvGeometry, col_off: np.ndarray, rows: int, dtype: str, out_dtype: str):
+    """Dense NCHW direct conv (groups=1) over the phase-split input, weight (O/rows, K, rows)."""
+    n, c, hq, wq, o, oh, ow, tile = geo.n, geo.planes, geo.hq, geo.wq, geo.o, geo.oh, geo.ow, geo.tile
     nb = o // rows
-    ktot = c * kh * kw
-    wq = wp // s
-    nt = -(-oh * wq // tile)
+    ktot = len(col_off)
+    nt = geo.n_tiles
     vl = VEC if tile % VEC == 0 else tile
     nv = tile // vl
-    img = c * hp * wp
+    img = c * hq * wq
     adt = acc_dtype(dtype, out_dtype)
 
     @T.prim_func(private=True)
     def kernel(
-        xp: T.Buffer((n, c, hp, wp), dtype),
+        xp: T.Buffer((n, c, hq, wq), dtype),
         wt: T.Buffer((nb, ktot, rows), dtype),
+        offs: T.Buffer((ktot,), "int32"),
         out: T.Buffer((n, o, oh, ow), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -45,14 +46,14 @@ def make_direct_conv_kernel(n, c, hp, wp, o, oh, ow, s, tile, kh, kw, dh, dw, ro
             for r, iv in T.grid(rows, nv):
                 for il in T.vectorized(vl):
                     acc[r, iv * vl + il] = T.cast(0, adt)
-            for tap, ci in T.grid(kh * kw, c):
-                off = T.meta_var(b * img + ci * hp * wp + tap // kw * dh * wp + tap % kw * dw + q0 * s)
+            for kk in T.serial(ktot):
+                off = T.meta_var(b * img + offs[kk] + q0)
                 for r in T.unroll(rows):
-                    v = T.meta_var(T.cast(wt[ob, tap * c + ci, r], adt))
+                    v = T.meta_var(T.cast(wt[ob, kk, r], adt))
                     for iv in T.unroll(nv):
                         for il in T.vectorized(vl):
                             i = T.meta_var(iv * vl + il)
-                            acc[r, i] = acc[r, i] + v * T.cast(xf[off + i * s], adt)
+                            acc[r, i] = acc[r, i] + v * T.cast(xf[off + i], adt)
             for r, iv in T.grid(rows, nv):
                 for il in T.vectorized(vl):
                     res[r, iv * vl + il] = acc[r, iv * vl + il]
@@ -66,39 +67,19 @@ def make_direct_conv_kernel(n, c, hp, wp, o, oh, ow, s, tile, kh, kw, dh, dw, ro
 
 def emit_dense_conv2d(bb: relax.BlockBuilder, data: relax.Expr, weight: np.ndarray, *, strides, padding,
                       dilation, out_dtype: str, rows: int = 8) -> relax.Expr:
-    """Dense direct conv2d (NCHW, groups=1, equal strides) with the sparse kernels' tiling."""
-    (n, c, h, w), dtype = _static_shape(data)
-    o, _, kh, kw = weight.shape
+    """Dense direct conv2d (NCHW, groups=1) with the sparse kernels' tiling."""
+    shape, dtype = _static_shape(data)
+    o, c, kh, kw = weight.shape
     rows = rows if o % rows == 0 else 1
-    s, s2 = _pair(strides)
-    assert s == s2, "equal strides only"
-    dh, dw = _pair(dilation)
-    pt, pl, pb, pr = _pad4(padding)
-    hp, wp = h + pt + pb, w + pl + pr
-    oh = (hp - dh * (kh - 1) - 1) // s + 1
-    ow = (wp - dw * (kw - 1) - 1) // s + 1
-    wp += -wp % s
-    wq = wp // s
-    tile = flat_tile(oh, ow, wq, rows)
-    nt = -(-oh * wq // tile)
-    hp = max(hp, -(-((kh - 1) * dh * wp + (kw - 1) * dw + s * (nt * tile - 1) + 1) // wp))
-
-    def pad(x):
-        return te.compute(
-            (n, c, hp, wp),
-            lambda b, ch, i, j: tvm.tirx.if_then_else(
-                tvm.tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl), x[b, ch, i - pt, j - pl],
-                tvm.tirx.const(0, x.dtype)),
-            name="dense_conv_pad",
-        )
-
-    xp = bb.emit(bb.call_te(pad, data, primfunc_name_hint="dense_conv_pad"))
-    # (O, C, KH, KW) -> (O/rows, KH*KW*C, rows)
-    wt = weight.transpose(0, 2, 3, 1).reshape(o // rows, rows, kh * kw * c).transpose(0, 2, 1)
-    kernel = make_direct_conv_kernel(n, c, hp, wp, o, oh, ow, s, tile, kh, kw, dh, dw, rows, dtype, out_dtype)
-    gv = bb.add_func(kernel, "dense_direct_conv2d")
-    wconst = relax.const(np.ascontiguousarray(wt).astype(dtype), dtype)
-    return relax.call_tir(gv, [xp, wconst], relax.TensorType((n, o, oh, ow), out_dtype))
+    plan = plan_conv(shape, "NCHW", o, kh, kw, strides, padding, dilation, 1, rows)
+    col_off = plan.col_offsets(1, c * kh * kw)
+    xp = emit_phase_pad(bb, data, plan, "NCHW")
+    # (O, K) with K ordered (kh, kw, ic) -> (O/rows, K, rows)
+    wt = conv_weight_matrix(weight).reshape(o // rows, rows, -1).transpose(0, 2, 1)
+    gv = bb.add_func(make_direct_conv_kernel(plan.geo, col_off, rows, dtype, out_dtype), "dense_direct_conv2d")
+    args = [xp, relax.const(np.ascontiguousarray(wt).astype(dtype), dtype), relax.const(col_off, "int32")]
+    g = plan.geo
+    return relax.call_tir(gv, args, relax.TensorType((g.n, o, g.oh, g.ow), out_dtype))
 
 
 def make_dense_gemv_kernel(batch: int, k: int, o: int, rows: int, dtype: str, out_dtype: str):

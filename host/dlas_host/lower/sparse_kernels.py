@@ -34,30 +34,25 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Static shapes of the sparse convolution over a padded NCHW input.
+    """Static shapes of the sparse convolution over a phase-split padded input.
 
-    The kernel works on "flat" output positions q = oh * wq + ow over a virtual output row of
-    wq = wp / stride columns, so input element (oh*s + kh*dh, ow*s + kw*dw) of a channel plane is
-    at s*q + kh*dh*wp + kw*dw: one contiguous (stride s) vector per weight nonzero. The positions
-    with ow >= OW are computed and dropped. Needs equal strides and wp % s == 0 (the pad stage
-    adds columns on the right), and hp covers the reads of the last, partly used tile.
+    The input is padded and split by stride phase into planes (c, ph, pw) of hq x wq, with
+    plane[i, j] = padded[i * sh + ph, j * sw + pw], so every kernel tap reads a stride-1 window.
+    The kernel works on "flat" output positions q = oh * wq + ow, so the input of weight column
+    (kh, kw, c) for a run of q is one contiguous vector at col_off[column] + q. Positions with
+    ow >= OW are computed and dropped; hq covers the reads of the last, partly used tile.
     """
 
     n: int
-    c: int  # input channels (all groups)
-    hp: int  # padded (and tail-extended) input height / width
-    wp: int
+    planes: int  # input channels (all groups) x sh x sw
+    hq: int  # plane height (tail-extended) / width
+    wq: int
     o: int  # output channels (logical, before padding to row blocks)
     oh: int
     ow: int
-    stride: int
     groups: int
     out_layout: str  # "NCHW" or "NHWC"
     tile: int  # flat output positions per accumulator row, a multiple of 16 when possible
-
-    @property
-    def wq(self) -> int:
-        return self.wp // self.stride
 
     @property
     def n_tiles(self) -> int:
@@ -82,18 +77,18 @@ def make_conv_kernel(
     w_dtype: str,
     out_dtype: str,
 ) -> tvm.tirx.PrimFunc:
-    """Sparse conv over a padded NCHW input.
+    """Sparse conv over a phase-split padded input (see ConvGeometry).
 
-    Arguments: xp (N, C, Hp, Wp); wdata (n_blocks, RB, CB); indices (n_blocks,) block columns;
-    indptr (n_row_blocks + 1,); col_off (k_padded,) offset of each weight column (kh, kw, c) in
-    one group's padded input planes (c*Hp*Wp + kh*dh*Wp + kw*dw); out (N, O, OH, OW) or NHWC.
+    Arguments: xp (N, planes, hq, wq); wdata (n_blocks, RB, CB); indices (n_blocks,) block
+    columns; indptr (n_row_blocks + 1,); col_off (k_padded,) offset of each weight column's
+    window in one group's planes; out (N, O, OH, OW) or (N, OH, OW, O).
     """
     rb, cb = block
-    n, c, hp, wp = geo.n, geo.c, geo.hp, geo.wp
-    o, oh, ow, s, wq = geo.o, geo.oh, geo.ow, geo.stride, geo.wq
+    n, c, hp, wq = geo.n, geo.planes, geo.hq, geo.wq
+    o, oh, ow = geo.o, geo.oh, geo.ow
     og = o // geo.groups
-    grp = (c // geo.groups) * hp * wp
-    img = c * hp * wp
+    grp = (c // geo.groups) * hp * wq
+    img = c * hp * wq
     nb = -(-o // rb)
     tl, nt = geo.tile, geo.n_tiles
     # 16-lane pieces: LLVM handles a loop-carried <224 x float> badly but 14 <16 x float> well.
@@ -106,7 +101,7 @@ def make_conv_kernel(
 
     @T.prim_func(private=True)
     def kernel(
-        xp: T.Buffer((n, c, hp, wp), in_dtype),
+        xp: T.Buffer((n, c, hp, wq), in_dtype),
         wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
         indices: T.Buffer((n_blocks,), "int32"),
         indptr: T.Buffer((nb + 1,), "int32"),
@@ -121,7 +116,7 @@ def make_conv_kernel(
             b = T.meta_var(task // (nb * nt))
             ob = T.meta_var(task // nt % nb)
             q0 = T.meta_var(task % nt * tl)
-            base = T.meta_var(b * img + (ob * rb // og) * grp + q0 * s)
+            base = T.meta_var(b * img + (ob * rb // og) * grp + q0)
             # Only whole-row vector accesses touch `acc` so LLVM keeps it in vector registers;
             # the scalar reads of the write-back go to the copy `res`.
             res = T.alloc_buffer((rb, tl), adt, scope="global")
@@ -136,7 +131,7 @@ def make_conv_kernel(
                         for iv in T.unroll(nv):
                             for il in T.vectorized(vl):
                                 i = T.meta_var(iv * vl + il)
-                                acc[r, i] = acc[r, i] + v * T.cast(xf[off + i * s], adt)
+                                acc[r, i] = acc[r, i] + v * T.cast(xf[off + i], adt)
             for r, iv in T.grid(rb, nv):
                 for il in T.vectorized(vl):
                     res[r, iv * vl + il] = acc[r, iv * vl + il]
