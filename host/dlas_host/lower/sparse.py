@@ -7,10 +7,11 @@ unsupported dtypes or layouts).
 
 Conv weight (O, I/groups, KH, KW) is flattened to rows = output channels and columns ordered
 (kh, kw, ic) so that a BSR column block covers consecutive input channels at one kernel tap. The
-input is padded, moved to channel-major (NHWC) and split by stride phase once in a TE stage, so the
-kernel reads one contiguous, unchecked vector per nonzero; it writes the requested output layout
-directly. Any stride, dilation, asymmetric padding and groups are supported. COO is accepted and converted to
-CSR at build time (the kernels are CSR/BSR only).
+input is padded, made channel-major (if NHWC) and split by stride phase once in a TE stage, so
+the kernel reads one contiguous, unchecked vector per nonzero; it writes the requested output
+layout directly. Any stride, dilation, asymmetric padding and groups (not depthwise) are
+supported. data/indices/indptr are relax constants passed to the PrimFunc at run time (not
+unrolled into code). COO is accepted and converted to CSR at build time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _IN_DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8")
 
 def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
     ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+    if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
         return None
     dims = []
     for d in ty.shape.values:
