@@ -1,0 +1,225 @@
+"""TVMScript PrimFuncs for block-sparse (BSR, CSR = 1x1 blocks) convolution and dense layers.
+
+The sparse arrays are runtime arguments (data/indices/indptr), so the loop over a row's nonzeros
+is a data-dependent `T.serial(indptr[i], indptr[i + 1])`; only zeros that fall inside stored
+blocks are multiplied. CPU schedule: one parallel loop over (image, row block, output tile);
+an accumulator tile in a small local buffer (kept under the 1 KiB stack limit so it is not
+heap-allocated per iteration) and the innermost loop vectorised over contiguous output columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm.script import tirx as T
+
+ACC_ELEMS = 224
+VEC = 16
+"""Accumulator tile size in elements: under 1 KiB of fp32/int32: LowerTVMBuiltin heap-allocates
+"local"-scope buffers and >= 1 KiB buffers inside parallel loops, so the tile is "global" scope and small."""
+
+
+def acc_dtype(in_dtype: str, out_dtype: str) -> str:
+    """int8 x int8 accumulates in int32; every float type accumulates in float32."""
+    if in_dtype.startswith(("int", "uint")):
+        return "int32"
+    return "float32"
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+    limit = max(1, limit)
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Static shapes of the sparse convolution over a phase-split padded input.
+
+    The input is padded and split by stride phase into planes (c, ph, pw) of hq x wq, with
+    plane[i, j] = padded[i * sh + ph, j * sw + pw], so every kernel tap reads a stride-1 window.
+    The kernel works on "flat" output positions q = oh * wq + ow, so the input of weight column
+    (kh, kw, c) for a run of q is one contiguous vector at col_off[column] + q. Positions with
+    ow >= OW are computed and dropped; hq covers the reads of the last, partly used tile.
+    """
+
+    n: int
+    planes: int  # input channels (all groups) x sh x sw
+    hq: int  # plane height (tail-extended) / width
+    wq: int
+    o: int  # output channels (logical, before padding to row blocks)
+    oh: int
+    ow: int
+    groups: int
+    out_layout: str  # "NCHW" or "NHWC"
+    tile: int  # flat output positions per accumulator row, a multiple of 16 when possible
+
+    @property
+    def n_tiles(self) -> int:
+        return -(-self.oh * self.wq // self.tile)
+
+
+def flat_tile(oh: int, ow: int, wq: int, block_rows: int) -> int:
+    """Accumulator row length: whole 16-lane vectors, at most ACC_ELEMS elements over all rows."""
+    q = oh * wq
+    limit = max(1, ACC_ELEMS // block_rows)
+    if limit >= 16:
+        limit -= limit % 16
+    return min(limit, -(-q // 16) * 16) if q > 16 else q
+
+
+def make_conv_kernel(
+    geo: ConvGeometry,
+    block: tuple[int, int],
+    n_blocks: int,
+    k_padded: int,
+    in_dtype: str,
+    w_dtype: str,
+    out_dtype: str,
+) -> tvm.tirx.PrimFunc:
+    """Sparse conv over a phase-split padded input (see ConvGeometry).
+
+    Arguments: xp (N, planes, hq, wq); wdata (n_blocks, RB, CB); indices (n_blocks,) block
+    columns; indptr (n_row_blocks + 1,); col_off (k_padded,) offset of each weight column's
+    window in one group's planes; out (N, O, OH, OW) or (N, OH, OW, O).
+    """
+    rb, cb = block
+    n, c, hp, wq = geo.n, geo.planes, geo.hq, geo.wq
+    o, oh, ow = geo.o, geo.oh, geo.ow
+    og = o // geo.groups
+    grp = (c // geo.groups) * hp * wq
+    img = c * hp * wq
+    nb = -(-o // rb)
+    tl, nt = geo.tile, geo.n_tiles
+    # 16-lane pieces: LLVM handles a loop-carried <224 x float> badly but 14 <16 x float> well.
+    vl = VEC if tl % VEC == 0 else tl
+    nv = tl // vl
+    q_total = oh * wq
+    adt = acc_dtype(in_dtype, out_dtype)
+    nhwc = geo.out_layout == "NHWC"
+    out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
+
+    @T.prim_func(private=True)
+    def kernel(
+        xp: T.Buffer((n, c, hp, wq), in_dtype),
+        wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
+        indices: T.Buffer((n_blocks,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        col_off: T.Buffer((k_padded,), "int32"),
+        out: T.Buffer(out_shape, out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        xf = T.decl_buffer((n * img,), in_dtype, data=xp.data)
+        for task in T.parallel(n * nb * nt):
+            acc = T.alloc_buffer((rb, tl), adt, scope="global")
+            # meta_var inlines the expression: a named scalar here would be heap-allocated per task.
+            b = T.meta_var(task // (nb * nt))
+            ob = T.meta_var(task // nt % nb)
+            q0 = T.meta_var(task % nt * tl)
+            base = T.meta_var(b * img + (ob * rb // og) * grp + q0)
+            # Only whole-row vector accesses touch `acc` so LLVM keeps it in vector registers;
+            # the scalar reads of the write-back go to the copy `res`.
+            res = T.alloc_buffer((rb, tl), adt, scope="global")
+            for r, iv in T.grid(rb, nv):
+                for il in T.vectorized(vl):
+                    acc[r, iv * vl + il] = T.cast(0, adt)
+            for k in T.serial(indptr[ob], indptr[ob + 1]):
+                for cc in T.serial(cb):
+                    off = T.meta_var(base + col_off[indices[k] * cb + cc])
+                    for r in T.unroll(rb):
+                        v = T.meta_var(T.cast(wdata[k, r, cc], adt))
+                        for iv in T.unroll(nv):
+                            for il in T.vectorized(vl):
+                                i = T.meta_var(iv * vl + il)
+                                acc[r, i] = acc[r, i] + v * T.cast(xf[off + i], adt)
+            for r, iv in T.grid(rb, nv):
+                for il in T.vectorized(vl):
+                    res[r, iv * vl + il] = acc[r, iv * vl + il]
+            for r, i in T.grid(rb, tl):
+                q = T.meta_var(q0 + i)
+                if ob * rb + r < o and q < q_total and q % wq < ow:
+                    if nhwc:
+                        out[b, q // wq, q % wq, ob * rb + r] = T.cast(res[r, i], out_dtype)
+                    else:
+                        out[b, ob * rb + r, q // wq, q % wq] = T.cast(res[r, i], out_dtype)
+
+    return kernel
+
+
+def make_dense_kernel(
+    batch: int,
+    k: int,
+    o: int,
+    block: tuple[int, int],
+    n_blocks: int,
+    in_dtype: str,
+    w_dtype: str,
+    out_dtype: str,
+) -> tvm.tirx.PrimFunc:
+    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K); (row block, batch row) tasks.
+
+    Each task keeps `lanes` partial sums per row so the FMA chain is not latency bound: for
+    BSR (block_cols > 1) the lanes are a block's columns (contiguous x loads); for CSR they are 16
+    consecutive nonzeros (a gather of x), with a scalar loop for the remainder.
+    """
+    rb, cb = block
+    nb = -(-o // rb)
+    adt = acc_dtype(in_dtype, out_dtype)
+    lanes = cb if cb > 1 else VEC
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((batch, k), in_dtype),
+        wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
+        indices: T.Buffer((n_blocks,), "int32"),
+        indptr: T.Buffer((nb + 1,), "int32"),
+        out: T.Buffer((batch, o), out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for task in T.parallel(nb * batch):
+            part = T.alloc_buffer((rb, lanes), adt, scope="global")
+            res = T.alloc_buffer((rb, lanes), adt, scope="global")
+            ob = T.meta_var(task // batch)
+            b = T.meta_var(task % batch)
+            start = T.meta_var(indptr[ob])
+            for r in T.serial(rb):
+                for ln in T.vectorized(lanes):
+                    part[r, ln] = T.cast(0, adt)
+            if cb > 1:
+                for kk in T.serial(start, indptr[ob + 1]):
+                    for r in T.unroll(rb):
+                        for ln in T.vectorized(lanes):
+                            # Columns past K are zero padding of the last block: clamp the read.
+                            col = T.meta_var(T.min(indices[kk] * cb + ln, k - 1))
+                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, ln], adt) * T.cast(
+                                x[b, col], adt
+                            )
+            else:
+                for ch in T.serial((indptr[ob + 1] - start) // lanes):
+                    for r in T.unroll(rb):
+                        for ln in T.vectorized(lanes):
+                            kk = T.meta_var(start + ch * lanes + ln)
+                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, 0], adt) * T.cast(
+                                x[b, indices[kk]], adt
+                            )
+                for r in T.serial(rb):
+                    for ln in T.vectorized(lanes):
+                        res[r, ln] = part[r, ln]
+                for kk in T.serial(start + (indptr[ob + 1] - start) // lanes * lanes, indptr[ob + 1]):
+                    for r in T.serial(rb):
+                        res[r, 0] = res[r, 0] + T.cast(wdata[kk, r, 0], adt) * T.cast(
+                            x[b, indices[kk]], adt
+                        )
+                for r in T.serial(rb):
+                    for ln in T.vectorized(lanes):
+                        part[r, ln] = res[r, ln]
+            for r in T.serial(rb):
+                for ln in T.vectorized(lanes):
+                    res[r, ln] = part[r, ln]
+            for r in T.serial(rb):
+                if ob * rb + r < o:
+                    for ln in T.serial(1, lanes):
+                        res[r, 0] = res[r, 0] + res[r, ln]
+                    out[b, ob * rb + r] = T.cast(res[r, 0], out_dtype)
+
+    return kernel
