@@ -28,7 +28,7 @@ class LoweringPolicy:
     # Random unstructured sparsity injected into conv/dense weights for speed studies when no pruned
     # model is given (0 = keep the weights as they are).
     sparsity: float = 0.0
-    bsr_block: tuple[int, int] = (1, 8)
+    bsr_block: tuple[int, int] = (4, 1)  # blocks over output channels reuse each loaded input vector
     # Per-layer overrides: depthwise convolutions often want another algorithm than dense ones.
     depthwise_algorithm: str | None = "direct"
     # Extra per-layer overrides, {"conv2d_3": "gemm"} keyed by the layer's index name in the graph.
