@@ -232,8 +232,24 @@ def bundle_manifest(bundle: Path) -> dict[str, str]:
     return {p.name: _sha256(p) for p in sorted(bundle.glob("*.whl"))}
 
 
-def fingerprint(device: Device, manifest: dict[str, str], extra: dict[str, Any]) -> str:
+def wheel_content_hash(path: Path) -> str:
+    """Hash of a wheel's members (names and bytes), blind to zip timestamps: rebuilding the agent wheel from
+    unchanged sources must not count as a change."""
+    import zipfile  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            digest.update(info.filename.encode() + b"\0")
+            digest.update(hashlib.sha256(zf.read(info)).digest())
+    return digest.hexdigest()
+
+
+def fingerprint(device: Device, manifest: dict[str, str], extra: dict[str, Any], bundle: Path | None = None) -> str:
     a = device.agent
+    if bundle is not None:  # the agent wheel is rebuilt on every deploy: compare what is inside it
+        manifest = {n: (wheel_content_hash(bundle / n) if n.startswith("dlas_agent-") else h)
+                    for n, h in manifest.items()}
     payload = {"v": FORMAT_VERSION, "bundle": manifest, "mode": a.mode, "port": a.rpc_port, "image": a.image,
                "python": a.python, "threads": device.threads, "cuda": device.is_cuda,
                "supervisor": supervisor_script(a.install_dir, a.rpc_port, device.threads), **extra}
@@ -268,7 +284,7 @@ def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool =
             bundle = build_bundle(device.arch, p.py_minor)
             manifest = bundle_manifest(bundle)
             report.timings_s["bundle"] = time.monotonic() - t0
-            fp = fingerprint(device, manifest, {"systemd": p.systemd_user})
+            fp = fingerprint(device, manifest, {"systemd": p.systemd_user}, bundle)
         else:
             manifest = {}
             image_id = _image_id(ssh, device, p)

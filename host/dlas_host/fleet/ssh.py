@@ -94,11 +94,15 @@ def open_socket(conn: SSHConnection, timeout: float) -> socket.socket:
     except AgentError as exc:
         if isinstance(exc, SSHError):
             raise
-        raise HostUnreachable(f"{where}: {exc}") from None
+        cause = exc.__cause__
+        reason = (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(exc)
+        if isinstance(cause, socket.timeout):
+            reason = f"no TCP connection within {timeout:g} s"
+        raise HostUnreachable(f"{where}: host unreachable: {reason}") from None
     except socket.timeout:
         raise HostUnreachable(f"{where}: no TCP connection within {timeout:g} s (host down or unreachable)") from None
     except OSError as exc:
-        raise HostUnreachable(f"{where}: {exc.strerror or exc}") from None
+        raise HostUnreachable(f"{where}: host unreachable: {exc.strerror or exc}") from None
     sock.settimeout(None)
     return sock
 
