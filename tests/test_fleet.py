@@ -42,6 +42,11 @@ devices:
     threads: 2
     tags: [x86, sim]
     agent: {{rpc_port: 9190, python: /usr/bin/python3, install_dir: {x86_install}, session_timeout_s: 120}}
+  sim-x86-container:
+    connection: {{type: ssh, host: {labmod.SUBNET}.11, {common}}}
+    arch: x86_64
+    target: {{kind: llvm}}
+    agent: {{rpc_port: 9191, mode: container, image: "localhost/dlas-agent:fleet-test-absent", install_dir: {x86_install}-c}}
   sim-gone:
     connection: {{type: ssh, host: {labmod.SUBNET}.99, {common}}}
     arch: x86_64
@@ -161,6 +166,16 @@ def test_deploy_x86_installs_runtime_only_agent_and_is_idempotent(env):
     assert second.timings_s["total"] < first.timings_s["total"]
     plan = deploy(dev, dry_run=True, log=print).plan
     assert "up to date" in plan[0]
+
+
+def test_container_mode_dry_run_plans_the_configured_image(env):
+    from dlas_host.fleet.deploy import deploy
+
+    if not shutil.which("podman") and not shutil.which("docker"):
+        pytest.skip("neither podman nor docker installed")
+    report = deploy(_registry(env).get("sim-x86-container"), dry_run=True, log=print)
+    assert any("localhost/dlas-agent:fleet-test-absent" in step and "--network host" in step for step in report.plan)
+    assert not report.actions
 
 
 def test_cli_deploy_dry_run_and_devices_list(env):

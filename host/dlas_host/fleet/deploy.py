@@ -287,7 +287,7 @@ def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool =
             fp = fingerprint(device, manifest, {"systemd": p.systemd_user}, bundle)
         else:
             manifest = {}
-            image_id = _image_id(ssh, device, p)
+            image_id = _image_id(ssh, device, p, pull=not dry_run)
             fp = fingerprint(device, {}, {"image_id": image_id, "engine": p.engines[0]})
         report.fingerprint = fp
         up_to_date = p.deployed.get("fingerprint") == fp and not force
@@ -321,7 +321,8 @@ def _plan(device: Device, p: Probe, manifest: dict[str, str], up_to_date: bool) 
     if up_to_date:
         return ["agent is up to date (fingerprint matches): start it if not running, then health check"]
     if a.mode == "container":
-        return [f"{p.engines[0]} run {a.image} as '{SERVICE}-{a.rpc_port}' (--network host, --restart=always, "
+        return [f"{p.engines[0]} pull {a.image} if absent",
+                f"{p.engines[0]} run {a.image} as '{SERVICE}-{a.rpc_port}' (--network host, --restart=always, "
                 f"agent on 127.0.0.1:{a.rpc_port})", "health check through the SSH tunnel"]
     old = p.deployed.get("manifest", {})
     upload = [n for n, h in manifest.items() if old.get(n) != h]
@@ -463,12 +464,14 @@ def wait_healthy(ssh: SSH, device: Device, timeout_s: float, log: Log) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------- containers
-def _image_id(ssh: SSH, device: Device, p: Probe) -> str:
+def _image_id(ssh: SSH, device: Device, p: Probe, pull: bool = True) -> str:
     image = device.agent.image
     if not image:
         raise DeployError(f"{device.name}: agent.mode is container but agent.image is not set")
     engine = p.engines[0]
     rc, out, _ = ssh.run(f"{engine} image inspect -f '{{{{.Id}}}}' {shlex.quote(image)}", check=False, timeout_s=60)
+    if rc != 0 and not pull:
+        return "(not on the device: would pull)"
     if rc != 0:
         rc, _, err = ssh.run(f"{engine} pull {shlex.quote(image)}", check=False, timeout_s=600)
         if rc != 0:
