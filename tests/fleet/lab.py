@@ -206,13 +206,22 @@ class Lab:
         sh("ip", "netns", "del", self.lab_ns, check=False)
         for base in self._overlays:
             sh("umount", "-l", str(base / "merged"), check=False)
-            shutil.rmtree(base, ignore_errors=True)
+            # never recurse into merged/: if an unmount failed it could still show /dev or /proc
+            for sub in ("upper", "work"):
+                shutil.rmtree(base / sub, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (base / "merged").rmdir()
+                base.rmdir()
 
     def overlay(self, lower: Path) -> Path:
         """A writable per-run overlay of a cached rootfs; sshd's ChrootDirectory needs every path component
         root-owned and not group/world-writable, so it lives beside the cache, not under /tmp."""
         base = lower.parent / f"run-{self.id}"
-        shutil.rmtree(base, ignore_errors=True)
+        for sub in ("merged/proc", "merged/dev", "merged/sys", "merged"):
+            if os.path.ismount(base / sub):
+                sh("umount", "-l", str(base / sub), check=False)
+        for sub in ("upper", "work"):
+            shutil.rmtree(base / sub, ignore_errors=True)
         self._overlays.append(base)
         return overlay(lower, base)
 
