@@ -26,7 +26,8 @@ from .devices import Device
 from .engines import ENGINES
 from .store import ResultRow, ResultStore
 from .toolchain import ToolchainError
-from .transport import AgentError, Timeouts, connect
+from .fleet.health import job_session
+from .transport import AgentError, Timeouts
 
 Progress = Callable[[str], None]
 
@@ -101,7 +102,7 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         row.extra["artifact_cached"] = artifact.cached
         progress(f"running on {device.name} ({'cached' if artifact.cached else 'new'} artifact, "
                  f"{artifact.size / 2**20:.1f} MiB)")
-        with connect(device, timeouts) as client:
+        with job_session(device, timeouts) as client:  # device lock + health check + agent session
             row.device_env = json.loads(client.device_info().to_json())
             result, outputs = client.benchmark(artifact.path, artifact.sha256, example_inputs(spec),
                                                number=opts.number, repeat=opts.repeat, warmup=opts.warmup,

@@ -148,6 +148,34 @@ def devices_check(name: Optional[str] = typer.Argument(None, help="device (defau
     raise typer.Exit(1 if bad else 0)
 
 
+# ----------------------------------------------------------------------------------------------- deploy
+@app.command("deploy")
+def deploy_cmd(
+    device: str = typer.Option(..., "--device", help="SSH device from devices.yaml"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="probe the device and print the plan; change nothing"),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
+                                             help="record the key of a host not yet in known_hosts (never a changed one)"),
+    force: bool = typer.Option(False, "--force", help="reinstall even if the deployed fingerprint matches"),
+    devices_file: Optional[Path] = DevicesOpt,
+) -> None:
+    """Install or update the agent on a device, start it as a supervised service, health-check it."""
+    from .bundle import BundleError
+    from .fleet.deploy import deploy
+
+    with user_errors():
+        dev = _registry(devices_file).get(device)
+        try:
+            report = deploy(dev, dry_run=dry_run, accept_new_host_key=accept_new_host_key, force=force,
+                            log=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+        except BundleError as exc:
+            fail(str(exc))
+    for action in report.actions:
+        out.print(f"- {action}", highlight=False)
+    if not dry_run:
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings_s.items())
+        out.print(f"[green]deployed[/] {device} ({'changed' if report.changed else 'unchanged'}; {times})")
+
+
 # ----------------------------------------------------------------------------------------------- compile/bench
 @app.command("compile")
 def compile_cmd(

@@ -156,7 +156,7 @@ def lower_and_build(mod: Any, spec: BuildSpec, device: Device) -> Any:
 
 def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
                      force: bool = False) -> Artifact:
-    from .toolchain import export_library  # noqa: PLC0415
+    from .toolchain import build_context, export_library  # noqa: PLC0415
 
     cache = cache or ArtifactCache()
     key = build_key(spec, device)
@@ -169,7 +169,8 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
     model = build_torch_model(spec)
     mod = import_relax(model, inputs)
     try:
-        executable = lower_and_build(mod, spec, device)
+        with build_context(device):  # CUDA: nvcc device code for the target's sm_XX
+            executable = lower_and_build(mod, spec, device)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001

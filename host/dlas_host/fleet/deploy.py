@@ -1,0 +1,505 @@
+"""``dlas-host deploy``: install or update the agent on an SSH device and keep it running.
+
+Steps: probe the device (arch, OS, Python, GPU, service manager, what is deployed), compare a fingerprint of
+what would be deployed with the one recorded on the device, then (only if they differ) upload the agent
+bundle, install it into a fresh venv, strip the TVM compiler (and the CUDA runtime on CPU-only devices),
+switch the ``current`` link, (re)start the supervised service, and finally health-check the agent through
+the SSH tunnel. A second deploy with nothing changed only runs the health check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..bundle import CPU_ONLY_REMOVE, RUNTIME_ONLY_REMOVE, build_bundle
+from ..devices import Device
+from ..transport import AgentError, Timeouts
+from .ssh import SSH, AuthFailed, HostKeyChanged, HostKeyUnknown, SSHError
+
+Log = Callable[[str], None]
+SERVICE = "dlas-agent"
+FORMAT_VERSION = 1
+
+
+class DeployError(AgentError):
+    """The device does not match devices.yaml, or installing/starting the agent failed."""
+
+
+@dataclass
+class Probe:
+    arch: str = ""
+    os: str = ""
+    python: str = ""  # "3.11.2"
+    home: str = ""
+    gpus: list[str] = field(default_factory=list)
+    tegra: str = ""
+    systemd_user: bool = False
+    engines: list[str] = field(default_factory=list)  # podman / docker
+    deployed: dict[str, Any] = field(default_factory=dict)
+    supervisor_alive: bool = False
+
+    @property
+    def py_minor(self) -> str:
+        return ".".join(self.python.split(".")[:2])
+
+
+@dataclass
+class DeployReport:
+    device: str
+    actions: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    changed: bool = False
+    dry_run: bool = False
+    probe: Probe | None = None
+    fingerprint: str = ""
+    versions: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _probe_script(install_dir: str, python: str) -> str:
+    d = _remote_path(install_dir)
+    return f"""
+echo "arch=$(uname -m)"
+if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=$PRETTY_NAME"; else echo "os=$(uname -s)"; fi
+echo "home=$HOME"
+echo "python=$({python} -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader 2>/dev/null | sed 's/^/gpu=/'
+fi
+[ -r /etc/nv_tegra_release ] && echo "tegra=$(head -n1 /etc/nv_tegra_release)"
+if command -v systemctl >/dev/null 2>&1 && timeout 5 systemctl --user show-environment >/dev/null 2>&1; then
+  echo systemd_user=1
+fi
+for e in podman docker; do command -v $e >/dev/null 2>&1 && echo "engine=$e"; done
+[ -r {d}/deployed.json ] && echo "deployed=$(tr -d '\\n' < {d}/deployed.json)"
+if [ -r {d}/supervisor.pid ] && kill -0 "$(cat {d}/supervisor.pid)" 2>/dev/null; then echo supervisor_alive=1; fi
+true
+"""
+
+
+def _remote_path(path: str) -> str:
+    """A shell word for a remote path; a leading ~ becomes $HOME (expanded by the remote shell)."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def probe(ssh: SSH, device: Device) -> Probe:
+    _, out, _ = ssh.run(_probe_script(device.agent.install_dir, device.agent.python), timeout_s=60)
+    p = Probe()
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if key == "gpu":
+            p.gpus.append(value)
+        elif key == "engine":
+            p.engines.append(value)
+        elif key == "deployed":
+            try:
+                p.deployed = json.loads(value)
+            except json.JSONDecodeError:
+                p.deployed = {}
+        elif key in ("systemd_user", "supervisor_alive"):
+            setattr(p, key, value == "1")
+        elif key in ("arch", "os", "python", "home", "tegra"):
+            setattr(p, key, value)
+    return p
+
+
+def check_device(device: Device, p: Probe) -> list[str]:
+    """Raise DeployError when the device is not what devices.yaml says; return warnings."""
+    warnings: list[str] = []
+    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(p.arch, p.arch)
+    if arch != device.arch:
+        raise DeployError(f"{device.name}: devices.yaml says arch {device.arch}, but `uname -m` on the device "
+                          f"says {p.arch or '(nothing)'}; fix devices.yaml or the connection")
+    if device.agent.mode == "process":
+        if not p.python:
+            raise DeployError(f"{device.name}: no working {device.agent.python} on the device (agent.python)")
+        if tuple(int(x) for x in p.py_minor.split(".")) < (3, 10):
+            raise DeployError(f"{device.name}: the agent needs Python >= 3.10, the device has {p.python}")
+    elif not p.engines:
+        raise DeployError(f"{device.name}: agent.mode is container but neither podman nor docker is on the device")
+    has_gpu = bool(p.gpus or p.tegra)
+    if device.is_cuda and not has_gpu:
+        warnings.append(f"target is CUDA but no GPU was found (no nvidia-smi output, no /etc/nv_tegra_release)")
+    if has_gpu and not device.is_cuda:
+        warnings.append(f"device has a GPU ({(p.gpus or [p.tegra])[0]}) but its target is CPU-only")
+    return warnings
+
+
+# ---------------------------------------------------------------------------------------------- service files
+def supervisor_script(install_dir: str, port: int, threads: int) -> str:
+    """POSIX sh supervisor: restarts the agent when it dies, bounded (gives up on a crash loop)."""
+    return f"""#!/bin/sh
+# dlas-agent supervisor (written by dlas-host deploy). Restarts the agent if it dies; gives up after
+# 10 restarts within 5 minutes (crash loop) so a broken install does not spin forever.
+D={_remote_path(install_dir)}
+echo $$ > "$D/supervisor.pid"
+child=""
+stop() {{
+  [ -n "$child" ] && kill -TERM -- "-$child" 2>/dev/null
+  rm -f "$D/supervisor.pid" "$D/agent.pid"
+  exit 0
+}}
+trap stop TERM INT HUP
+window_start=$(date +%s)
+restarts=0
+while :; do
+  TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1 setsid "$D/current/bin/python" -m dlas_agent serve \\
+      --host 127.0.0.1 --port {port} --threads {threads} >> "$D/agent.log" 2>&1 < /dev/null &
+  child=$!
+  echo "$child" > "$D/agent.pid"
+  wait "$child"
+  code=$?
+  kill -KILL -- "-$child" 2>/dev/null   # forked RPC session workers of the dead agent
+  now=$(date +%s)
+  echo "$(date -u +%FT%TZ) supervisor: agent $child exited with $code" >> "$D/agent.log"
+  if [ $((now - window_start)) -gt 300 ]; then window_start=$now; restarts=0; fi
+  restarts=$((restarts + 1))
+  if [ $restarts -gt 10 ]; then
+    echo "$(date -u +%FT%TZ) supervisor: crash loop, giving up" >> "$D/agent.log"
+    rm -f "$D/supervisor.pid" "$D/agent.pid"
+    exit 1
+  fi
+  sleep 1
+done
+"""
+
+
+def systemd_unit(install_dir_abs: str, port: int, threads: int) -> str:
+    return f"""[Unit]
+Description=DLAS Lab device agent (TVM runtime RPC on 127.0.0.1:{port})
+After=network.target
+
+[Service]
+Environment=TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1
+ExecStart={install_dir_abs}/current/bin/python -m dlas_agent serve --host 127.0.0.1 --port {port} --threads {threads}
+Restart=always
+RestartSec=2
+StartLimitIntervalSec=300
+StartLimitBurst=10
+KillMode=control-group
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def stop_script(install_dir: str) -> str:
+    d = _remote_path(install_dir)
+    return f"""D={d}
+for f in supervisor.pid agent.pid; do
+  if [ -r "$D/$f" ]; then p=$(cat "$D/$f"); kill -TERM -- "-$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; fi
+done
+i=0
+while [ $i -lt 50 ]; do
+  alive=0
+  for f in supervisor.pid agent.pid; do
+    [ -r "$D/$f" ] && kill -0 "$(cat "$D/$f")" 2>/dev/null && alive=1
+  done
+  [ $alive -eq 0 ] && break
+  i=$((i + 1)); sleep 0.2
+done
+for f in supervisor.pid agent.pid; do
+  if [ -r "$D/$f" ]; then p=$(cat "$D/$f"); kill -KILL -- "-$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; fi
+done
+rm -f "$D/supervisor.pid" "$D/agent.pid"
+if command -v systemctl >/dev/null 2>&1; then timeout 10 systemctl --user stop {SERVICE}.service >/dev/null 2>&1; fi
+true
+"""
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundle_manifest(bundle: Path) -> dict[str, str]:
+    return {p.name: _sha256(p) for p in sorted(bundle.glob("*.whl"))}
+
+
+def wheel_content_hash(path: Path) -> str:
+    """Hash of a wheel's members (names and bytes), blind to zip timestamps: rebuilding the agent wheel from
+    unchanged sources must not count as a change."""
+    import zipfile  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(path) as zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            digest.update(info.filename.encode() + b"\0")
+            digest.update(hashlib.sha256(zf.read(info)).digest())
+    return digest.hexdigest()
+
+
+def fingerprint(device: Device, manifest: dict[str, str], extra: dict[str, Any], bundle: Path | None = None) -> str:
+    a = device.agent
+    if bundle is not None:  # the agent wheel is rebuilt on every deploy: compare what is inside it
+        manifest = {n: (wheel_content_hash(bundle / n) if n.startswith("dlas_agent-") else h)
+                    for n, h in manifest.items()}
+    payload = {"v": FORMAT_VERSION, "bundle": manifest, "mode": a.mode, "port": a.rpc_port, "image": a.image,
+               "python": a.python, "threads": device.threads, "cuda": device.is_cuda,
+               "supervisor": supervisor_script(a.install_dir, a.rpc_port, device.threads), **extra}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool = False, log: Log = print,
+           timeouts: Timeouts | None = None, start_timeout_s: float = 180.0, install_timeout_s: float = 900.0,
+           force: bool = False) -> DeployReport:
+    conn = device.connection
+    if conn.type != "ssh":
+        raise DeployError(f"{device.name}: deploy works on SSH devices; this one is {conn.type} "
+                          "(local agents are spawned per job, tracker devices are managed by their pool)")
+    timeouts = timeouts or Timeouts(connect_s=20, info_s=60)
+    report = DeployReport(device=device.name, dry_run=dry_run)
+    t_all = time.monotonic()
+    with SSH.open(conn, timeout_s=timeouts.connect_s, op_timeout_s=120,
+                  accept_new_host_key=accept_new_host_key) as ssh:
+        t0 = time.monotonic()
+        p = probe(ssh, device)
+        report.probe = p
+        report.timings_s["probe"] = time.monotonic() - t0
+        report.warnings += check_device(device, p)
+        log(f"{device.name}: {p.arch}, {p.os}, Python {p.python or '-'}, GPU {', '.join(p.gpus) or p.tegra or 'none'}, "
+            f"service: {'systemd --user' if p.systemd_user else 'supervisor script'}")
+        for w in report.warnings:
+            log(f"{device.name}: warning: {w}")
+
+        if device.agent.mode == "process":
+            t0 = time.monotonic()
+            bundle = build_bundle(device.arch, p.py_minor)
+            manifest = bundle_manifest(bundle)
+            report.timings_s["bundle"] = time.monotonic() - t0
+            fp = fingerprint(device, manifest, {"systemd": p.systemd_user}, bundle)
+        else:
+            manifest = {}
+            image_id = _image_id(ssh, device, p, pull=not dry_run)
+            fp = fingerprint(device, {}, {"image_id": image_id, "engine": p.engines[0]})
+        report.fingerprint = fp
+        up_to_date = p.deployed.get("fingerprint") == fp and not force
+        report.plan = _plan(device, p, manifest, up_to_date)
+        if dry_run:
+            for step in report.plan:
+                log(f"plan: {step}")
+            return report
+
+        if not up_to_date:
+            report.changed = True
+            if device.agent.mode == "process":
+                _install_process(ssh, device, p, bundle, manifest, fp, report, log, install_timeout_s)
+            else:
+                _install_container(ssh, device, p, fp, report, log)
+        elif not _service_running(ssh, device, p):
+            log(f"{device.name}: agent is up to date but not running: starting it")
+            _start_service(ssh, device, p, report)
+        else:
+            report.actions.append("nothing to install (fingerprint matches)")
+
+        t0 = time.monotonic()
+        report.versions = wait_healthy(ssh, device, start_timeout_s, log)
+        report.timings_s["health"] = time.monotonic() - t0
+    report.timings_s["total"] = time.monotonic() - t_all
+    return report
+
+
+def _plan(device: Device, p: Probe, manifest: dict[str, str], up_to_date: bool) -> list[str]:
+    a = device.agent
+    if up_to_date:
+        return ["agent is up to date (fingerprint matches): start it if not running, then health check"]
+    if a.mode == "container":
+        return [f"{p.engines[0]} pull {a.image} if absent",
+                f"{p.engines[0]} run {a.image} as '{SERVICE}-{a.rpc_port}' (--network host, --restart=always, "
+                f"agent on 127.0.0.1:{a.rpc_port})", "health check through the SSH tunnel"]
+    old = p.deployed.get("manifest", {})
+    upload = [n for n, h in manifest.items() if old.get(n) != h]
+    remove = list(RUNTIME_ONLY_REMOVE) + ([] if device.is_cuda else list(CPU_ONLY_REMOVE))
+    service = "systemd --user unit" if p.systemd_user else "supervisor script (setsid + pidfile, restarts the agent)"
+    return [
+        f"upload {len(upload)} of {len(manifest)} wheels to {a.install_dir}/bundle ({', '.join(upload) or 'none'})",
+        f"create a venv with {a.python} (Python {p.python}) and pip install --no-index dlas-agent",
+        f"remove {', '.join(remove)} from the installed tvm package (runtime only)",
+        f"stop the old agent; start {service}: dlas_agent serve --host 127.0.0.1 --port {a.rpc_port}",
+        "health check through the SSH tunnel (ping + device_info)",
+    ]
+
+
+def _install_process(ssh: SSH, device: Device, p: Probe, bundle: Path, manifest: dict[str, str], fp: str,
+                     report: DeployReport, log: Log, install_timeout_s: float) -> None:
+    a = device.agent
+    d = _remote_path(a.install_dir)
+    d_abs = a.install_dir.replace("~", p.home, 1) if a.install_dir.startswith("~") else a.install_dir
+    ssh.run(f"mkdir -p {d}/bundle {d}/venvs && chmod 700 {d}")
+
+    # upload what differs (by sha256 on the device)
+    t0 = time.monotonic()
+    _, out, _ = ssh.run(f"cd {d}/bundle && for f in *.whl; do [ -f \"$f\" ] && sha256sum \"$f\"; done; true",
+                        timeout_s=300)
+    remote = {line.split()[1]: line.split()[0] for line in out.splitlines() if len(line.split()) == 2}
+    todo = [n for n, h in manifest.items() if remote.get(n) != h]
+    for name in todo:
+        log(f"{device.name}: uploading {name} ({(bundle / name).stat().st_size / 2**20:.1f} MiB)")
+        ssh.put(bundle / name, f"{d_abs}/bundle/{name}.part")
+        ssh.run(f"mv -f {d}/bundle/{shlex.quote(name)}.part {d}/bundle/{shlex.quote(name)}")
+    stale = [n for n in remote if n not in manifest]
+    if stale:
+        ssh.run(f"cd {d}/bundle && rm -f " + " ".join(shlex.quote(n) for n in stale))
+    if todo:
+        _, out, _ = ssh.run(f"cd {d}/bundle && sha256sum " + " ".join(shlex.quote(n) for n in todo), timeout_s=300)
+        got = {line.split()[1]: line.split()[0] for line in out.splitlines() if len(line.split()) == 2}
+        bad = [n for n in todo if got.get(n) != manifest[n]]
+        if bad:
+            raise DeployError(f"{device.name}: uploaded wheels are corrupt on the device: {', '.join(bad)}")
+    report.actions.append(f"uploaded {len(todo)} wheel(s)")
+    report.timings_s["upload"] = time.monotonic() - t0
+
+    # fresh venv, install offline, strip to runtime only
+    t0 = time.monotonic()
+    venv = f"{d}/venvs/{fp[:12]}"
+    log(f"{device.name}: installing into a fresh venv (offline)")
+    remove = list(RUNTIME_ONLY_REMOVE) + ([] if device.is_cuda else list(CPU_ONLY_REMOVE))
+    rm_code = ("import importlib.util, os; t = importlib.util.find_spec('tvm').submodule_search_locations[0]; "
+               f"[os.remove(os.path.join(t, r)) for r in {remove!r} if os.path.exists(os.path.join(t, r))]; "
+               "print(t)")
+    ssh.run(f"rm -rf {venv} && {a.python} -m venv {venv} && "
+            f"{venv}/bin/python -m pip install -q --no-index --find-links {d}/bundle --no-compile "
+            f"--disable-pip-version-check dlas-agent && {venv}/bin/python -c {shlex.quote(rm_code)}",
+            timeout_s=install_timeout_s)
+    report.actions.append(f"installed dlas-agent into venvs/{fp[:12]} and removed {', '.join(remove)}")
+    report.timings_s["install"] = time.monotonic() - t0
+
+    # switch and (re)start
+    ssh.run(stop_script(a.install_dir), timeout_s=30)
+    ssh.put_text(supervisor_script(a.install_dir, a.rpc_port, device.threads), f"{d_abs}/supervise.sh", 0o755)
+    if p.systemd_user:
+        ssh.run("mkdir -p ~/.config/systemd/user")
+        ssh.put_text(systemd_unit(d_abs, a.rpc_port, device.threads),
+                     f"{p.home}/.config/systemd/user/{SERVICE}.service")
+    ssh.run(f"ln -sfn venvs/{fp[:12]} {d}/current")
+    _start_service(ssh, device, p, report)
+    record = {"fingerprint": fp, "manifest": manifest, "deployed_at": time.time(), "python": p.python,
+              "service": "systemd-user" if p.systemd_user else "supervisor", "rpc_port": a.rpc_port}
+    ssh.put_text(json.dumps(record), f"{d_abs}/deployed.json")
+    ssh.run(f"cd {d}/venvs && for v in *; do [ \"$v\" = {fp[:12]} ] || rm -rf \"$v\"; done; true", timeout_s=120)
+
+
+def _start_service(ssh: SSH, device: Device, p: Probe, report: DeployReport) -> None:
+    a = device.agent
+    d = _remote_path(a.install_dir)
+    if a.mode == "container":
+        _run_container(ssh, device, p)
+    elif p.systemd_user:
+        ssh.run(f"systemctl --user daemon-reload && systemctl --user enable {SERVICE}.service && "
+                f"systemctl --user restart {SERVICE}.service", timeout_s=60)
+        rc, _, _ = ssh.run("loginctl enable-linger \"$(id -un)\"", check=False, timeout_s=20)
+        if rc != 0:
+            report.warnings.append("loginctl enable-linger failed: the agent may stop when the last session ends")
+        report.actions.append(f"started systemd --user unit {SERVICE}.service")
+    else:
+        ssh.run(stop_script(a.install_dir), timeout_s=30)
+        ssh.run(f"cd {d}; setsid nohup sh {d}/supervise.sh > /dev/null 2>&1 < /dev/null &", timeout_s=30)
+        report.actions.append("started the supervisor script (pidfile supervisor.pid, agent.pid; log agent.log)")
+
+
+def _service_running(ssh: SSH, device: Device, p: Probe) -> bool:
+    if device.agent.mode == "container":
+        rc, out, _ = ssh.run(f"{p.engines[0]} inspect -f '{{{{.State.Running}}}}' {SERVICE}-{device.agent.rpc_port}",
+                             check=False)
+        return rc == 0 and out.strip() == "true"
+    if p.systemd_user:
+        rc, _, _ = ssh.run(f"systemctl --user is-active --quiet {SERVICE}.service", check=False)
+        return rc == 0
+    return p.supervisor_alive
+
+
+def wait_healthy(ssh: SSH, device: Device, timeout_s: float, log: Log) -> dict[str, Any]:
+    """Ping + device_info through a tunnel over ``ssh``; retry until the agent answers or time runs out."""
+    from .tunnel import ssh_agent_session  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    attempt = 0
+    while time.monotonic() < deadline and attempt < 200:
+        attempt += 1
+        try:
+            left = max(5.0, deadline - time.monotonic())
+            with ssh_agent_session(device, Timeouts(connect_s=min(30.0, left), info_s=max(30.0, min(120.0, left)))) \
+                    as client:
+                ping = client.ping()
+                info = client.device_info()
+            versions = {"agent": ping.get("agent"), "protocol": ping.get("protocol"), "tvm": info.tvm_version,
+                        "tvm_runtime_only": info.tvm_runtime_only, "python": info.python, "numpy": info.numpy_version,
+                        "arch": info.arch, "hostname": info.hostname, "cpu": info.cpu_model,
+                        "cores": info.cores_logical, "gpus": info.gpus}
+            log(f"{device.name}: healthy: agent {versions['agent']} (protocol {versions['protocol']}), TVM "
+                f"{versions['tvm']} {'runtime-only' if info.tvm_runtime_only else 'FULL (compiler present)'}, "
+                f"Python {info.python}, {info.arch}")
+            return versions
+        except (HostKeyChanged, HostKeyUnknown, AuthFailed):
+            raise
+        except SSHError as exc:
+            if not ssh.alive():
+                raise
+            last = str(exc)
+        except AgentError as exc:
+            last = str(exc)
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    _, tail, _ = ssh.run(f"tail -n 5 {_remote_path(device.agent.install_dir)}/agent.log 2>/dev/null; true",
+                         check=False, timeout_s=20)
+    raise DeployError(f"{device.name}: the agent did not become healthy within {timeout_s:g} s: {last}"
+                      + (f"; agent.log: {' | '.join(tail.strip().splitlines())}" if tail.strip() else ""))
+
+
+# ---------------------------------------------------------------------------------------------- containers
+def _image_id(ssh: SSH, device: Device, p: Probe, pull: bool = True) -> str:
+    image = device.agent.image
+    if not image:
+        raise DeployError(f"{device.name}: agent.mode is container but agent.image is not set")
+    engine = p.engines[0]
+    rc, out, _ = ssh.run(f"{engine} image inspect -f '{{{{.Id}}}}' {shlex.quote(image)}", check=False, timeout_s=60)
+    if rc != 0 and not pull:
+        return "(not on the device: would pull)"
+    if rc != 0:
+        rc, _, err = ssh.run(f"{engine} pull {shlex.quote(image)}", check=False, timeout_s=600)
+        if rc != 0:
+            raise DeployError(f"{device.name}: image {image} is not on the device and `{engine} pull` failed: "
+                              f"{err.strip().splitlines()[-1:] or ''}")
+        rc, out, _ = ssh.run(f"{engine} image inspect -f '{{{{.Id}}}}' {shlex.quote(image)}", timeout_s=60)
+    return out.strip()
+
+
+def _run_container(ssh: SSH, device: Device, p: Probe) -> None:
+    a = device.agent
+    engine = p.engines[0]
+    name = f"{SERVICE}-{a.rpc_port}"
+    gpu = ""
+    if device.is_cuda:
+        gpu = "--gpus all " if engine == "docker" else "--device nvidia.com/gpu=all "
+    ssh.run(f"{engine} rm -f {name} >/dev/null 2>&1; {engine} run -d --name {name} --restart=always --network host "
+            f"{gpu}-e TVM_USE_RUNTIME_LIB=1 --entrypoint dlas-agent {shlex.quote(a.image or '')} serve "
+            f"--host 127.0.0.1 --port {a.rpc_port} --threads {device.threads}", timeout_s=120)
+
+
+def _install_container(ssh: SSH, device: Device, p: Probe, fp: str, report: DeployReport, log: Log) -> None:
+    log(f"{device.name}: starting container {device.agent.image}")
+    _run_container(ssh, device, p)
+    d = _remote_path(device.agent.install_dir)
+    ssh.run(f"mkdir -p {d}")
+    d_abs = device.agent.install_dir.replace("~", p.home, 1) if device.agent.install_dir.startswith("~") \
+        else device.agent.install_dir
+    ssh.put_text(json.dumps({"fingerprint": fp, "image": device.agent.image, "deployed_at": time.time()}),
+                 f"{d_abs}/deployed.json")
+    report.actions.append(f"started container {SERVICE}-{device.agent.rpc_port} from {device.agent.image}")
