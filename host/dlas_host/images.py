@@ -286,6 +286,27 @@ def _pip_wheel(dest: Path) -> Path:
     return dest / "pip.whl"
 
 
+def cached_wheelhouse(arch: str, python: str = "3.11") -> Path:
+    """The bundle's third-party wheels kept in :func:`cache_dir` (survives per-run data dirs, e.g. tests).
+
+    Filled once from :func:`dlas_host.bundle.build_bundle` (the data dir's bundle, else a download)."""
+    from .bundle import build_bundle  # noqa: PLC0415
+
+    target = cache_dir() / "wheels" / f"{arch}-cp{python.replace('.', '')}"
+    if any(target.glob("apache_tvm-*.whl")):
+        return target
+    source = build_bundle(arch, python)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for whl in source.glob("*.whl"):
+        if not whl.name.startswith("dlas_agent-"):
+            shutil.copy2(whl, partial / whl.name)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    return target
+
+
 def _wheel_version(wheelhouse: Path, dist: str) -> str:
     found = sorted(wheelhouse.glob(f"{dist}-*.whl"))
     return found[-1].name.split("-")[1] if found else "unknown"
@@ -399,7 +420,8 @@ def inspect(engine: Engine, ref: str) -> dict[str, Any]:
     data = json.loads(proc.stdout)[0]
     config = data.get("Config") or data.get("config") or {}
     return {"size": int(data.get("Size", 0)), "labels": config.get("Labels") or {},
-            "arch": data.get("Architecture", ""), "healthcheck": config.get("Healthcheck"),
+            "arch": data.get("Architecture", ""),
+            "healthcheck": config.get("Healthcheck") or data.get("Healthcheck"),  # docker | podman
             "entrypoint": config.get("Entrypoint"), "user": config.get("User", ""), "id": data.get("Id", "")}
 
 
@@ -534,12 +556,3 @@ def image_contents_check(engine: Engine, ref: str) -> dict[str, Any]:
     proc = engine.run("run", "--rm", "--network", "none", *engine.run_args(), "--entrypoint", "python3", ref, "-c",
                       script, timeout=300)
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def wheel_versions(wheel: Path) -> str:
-    with zipfile.ZipFile(wheel) as zf:
-        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        for line in zf.read(meta).decode().splitlines():
-            if line.startswith("Version:"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
