@@ -258,6 +258,20 @@ def test_push_to_a_local_registry(engine, cpu_image, tmp_path):
         engine.run("rmi", f"127.0.0.1:{port}/dlas-agent:cpu-x86_64", check=False)
 
 
+def test_cuda_dockerfile_builds_on_a_stand_in_base(engine, cpu_image):
+    """The NVIDIA bases cannot be pulled here: build Dockerfile.cuda on the debootstrap base with the CPython
+    3.11 bundle to check its mechanics (CUDA runtime library kept, compiler gone, agent importable)."""
+    tag = "dlas-agent:cuda-x86_64-standin"
+    result = images.build("cuda-x86_64", base_image=images.base_tag("x86_64"), engine=engine,
+                          wheelhouse=_wheelhouse_or_skip("x86_64"), tag=tag)
+    try:
+        inside = images.image_contents_check(engine, tag)
+        assert inside["cuda_lib"] and not inside["compiler_lib"] and not inside["torch"]
+        assert result.labels["io.dlas.flavor"] == "cuda-x86_64"
+    finally:
+        engine.run("rmi", "-f", tag, check=False)
+
+
 # --- arm64 under qemu --------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
