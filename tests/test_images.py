@@ -110,6 +110,20 @@ def test_run_command_variants():
         images.run_command("img", 0)
 
 
+def test_cli_run_command_and_unknown_flavor():
+    from typer.testing import CliRunner
+
+    from dlas_host.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["images", "run-command", "jetson", "--port", "9300", "--engine", "docker"])
+    assert res.exit_code == 0, res.output
+    assert "--runtime nvidia" in res.output and "127.0.0.1:9300:9300" in res.output
+    assert "dlas-agent:jetson serve" in res.output
+    res = runner.invoke(app, ["images", "build", "cpu-riscv"])
+    assert res.exit_code == 1
+
+
 def test_unknown_flavor_is_one_clear_error():
     with pytest.raises(images.ImageError, match="known: cpu-x86_64"):
         images.flavor("cpu-riscv")

@@ -406,8 +406,8 @@ def build(name: str, *, base_image: str | None = None, base_from_debootstrap: bo
 
 
 def _is_local(engine: Engine, ref: str) -> bool:
-    return ref.startswith((f"{BASE_REPO}:", f"localhost/{BASE_REPO}:")) or (
-        "/" not in ref.split(":")[0] and image_exists(engine, ref) and ref.split(":")[0] == BASE_REPO)
+    """A base that exists only on this machine (never to be pulled): the debootstrap base."""
+    return ref.removeprefix("localhost/").startswith(f"{BASE_REPO}:")
 
 
 def _local_ref(engine: Engine, ref: str) -> str:
