@@ -10,6 +10,28 @@ import sys
 from . import __version__
 
 
+def _local_address(bind: str) -> str:
+    """Where a local client reaches a server bound to ``bind`` (a wildcard bind answers on loopback)."""
+    return "127.0.0.1" if bind in ("", "0.0.0.0", "::", "[::]") else bind
+
+
+def _exit_on_sigterm() -> None:
+    """As a container's PID 1 the agent gets no default SIGTERM action: stop cleanly on ``docker stop``."""
+    import signal  # noqa: PLC0415
+
+    def stop(_sig: int, _frame: object) -> None:
+        import psutil  # noqa: PLC0415
+
+        for child in psutil.Process().children(recursive=True):  # forked session workers
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        os._exit(0)  # the RPC server's listening thread would keep a normal exit waiting
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dlas-agent", description="DLAS Lab device agent (TVM runtime only)")
     parser.add_argument("--version", action="version", version=f"dlas-agent {__version__}")
@@ -28,9 +50,22 @@ def main(argv: list[str] | None = None) -> None:
 
     sub.add_parser("info", help="print this device's description as JSON")
 
+    health = sub.add_parser("health", help="ping the agent serving on this machine; exit 0 if healthy (or busy), 1 if not")
+    health.add_argument("--host", default=_local_address(os.environ.get("DLAS_AGENT_HOST", "")),
+                        help="address to reach the agent at (default: DLAS_AGENT_HOST, 127.0.0.1 for a wildcard)")
+    health.add_argument("--port", type=int, default=int(os.environ.get("DLAS_AGENT_PORT", "9190")))
+    health.add_argument("--key", default=os.environ.get("DLAS_AGENT_KEY", "dlas"))
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ping")
+
     args = parser.parse_args(argv)
     # The agent never compiles: load the runtime library only, even where the full wheel is installed.
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    if args.command == "health":
+        from . import health as health_mod
+
+        result = health_mod.check(args.port, args.host, args.key, args.timeout)
+        print(result.to_json(), flush=True)
+        sys.exit(result.exit_code)
     if args.command == "info":
         from . import devinfo
 
@@ -38,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from .server import serve as run_server
 
+    _exit_on_sigterm()
     port_end = args.port_end if args.port_end is not None else args.port + 1
     try:
         run_server(args.host, args.port, port_end, args.tracker, args.key, args.custom_addr, args.threads)

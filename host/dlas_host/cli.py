@@ -21,6 +21,8 @@ devices_app = typer.Typer(no_args_is_help=True, help="The device registry (devic
 results_app = typer.Typer(no_args_is_help=True, help="The results store.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(results_app, name="results")
+from .images import images_app  # noqa: E402
+app.add_typer(images_app, name="images")
 
 # Rich assumes 80 columns when stdout is not a terminal (CI logs, pipes); tables need more.
 out = Console(width=None if sys.stdout.isatty() else 160)
