@@ -117,6 +117,8 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
             row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
     except (CompileError, ToolchainError, AgentError, OSError, ValueError) as exc:
         row.status, row.error = "error", str(exc)
+        # Device and transport failures may pass (retry them); build failures will not.
+        row.extra.update(error_kind=type(exc).__name__, transient=isinstance(exc, (AgentError, OSError)))
     store.add(row)
     return row
 

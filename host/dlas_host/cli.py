@@ -360,7 +360,14 @@ def doctor() -> None:
     raise typer.Exit(1 if failed else 0)
 
 
+def _register_subcommands() -> None:
+    from .cli_sweep import sweep_app
+
+    app.add_typer(sweep_app, name="sweep")
+
+
 def main() -> None:
+    _register_subcommands()
     app()
 
 

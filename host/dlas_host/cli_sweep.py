@@ -1,0 +1,117 @@
+"""``dlas-host sweep run|resume|status|list`` and ``dlas-host report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .cli import DbOpt, DevicesOpt, err, out, user_errors
+
+sweep_app = typer.Typer(no_args_is_help=True, help="Fleet-wide benchmark sweeps over the DLAS layers.")
+
+
+def _open(devices_file: Optional[Path], db: Optional[Path]):
+    from .devices import load
+    from .store import ResultStore
+
+    return load(devices_file), ResultStore(db)
+
+
+@sweep_app.command("run")
+def sweep_run(
+    spec_file: Optional[str] = typer.Argument(None, help="sweep spec YAML (or use --preset)"),
+    preset: Optional[str] = typer.Option(None, help="shipped preset: quick | dlas-paper"),
+    devices: Optional[str] = typer.Option(None, help="comma-separated device names to restrict the sweep to"),
+    executor: str = typer.Option("local", help="compile executor: local | ray | ray:ADDRESS"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs and exit"),
+    devices_file: Optional[Path] = DevicesOpt,
+    db: Optional[Path] = DbOpt,
+) -> None:
+    """Expand a sweep spec into jobs and run them across the devices."""
+    from .sweep.runner import start_sweep, run_sweep
+    from .sweep.spec import expand, load_spec
+
+    if bool(spec_file) == bool(preset):
+        with user_errors():
+            raise ValueError("give a sweep spec file or --preset NAME (not both)")
+    with user_errors():
+        spec = load_spec(spec_file or preset)
+        registry, store = _open(devices_file, db)
+        only = [d.strip() for d in devices.split(",")] if devices else None
+        jobs = expand(spec, registry, only)
+        if dry_run:
+            table = Table(title=f"{spec.name}: {len(jobs)} jobs")
+            for col in ("device", "job", "key"):
+                table.add_column(col)
+            for job in jobs:
+                table.add_row(job.device, job.label(), job.key)
+            out.print(table)
+            return
+        sweep_id = start_sweep(spec, registry, store, only)
+        counts = run_sweep(sweep_id, registry, store, executor, console=err)
+    _print_counts(sweep_id, counts)
+
+
+@sweep_app.command("resume")
+def sweep_resume(
+    sweep_id: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
+    executor: str = typer.Option("local", help="compile executor: local | ray | ray:ADDRESS"),
+    devices_file: Optional[Path] = DevicesOpt,
+    db: Optional[Path] = DbOpt,
+) -> None:
+    """Run the jobs of an interrupted sweep that have no final result yet."""
+    from .sweep.runner import run_sweep
+    from .sweep.state import SweepNotFound
+
+    try:
+        with user_errors():
+            registry, store = _open(devices_file, db)
+            counts = run_sweep(sweep_id, registry, store, executor, console=err)
+    except SweepNotFound as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1)
+    _print_counts(sweep_id, counts)
+
+
+@sweep_app.command("status")
+def sweep_status(sweep_id: Optional[str] = typer.Argument(None), db: Optional[Path] = DbOpt) -> None:
+    """Progress of one sweep (default: the newest)."""
+    from .store import ResultStore
+    from .sweep.state import SweepNotFound, SweepState
+
+    state = SweepState(ResultStore(db).path)
+    try:
+        sweeps = state.list()
+        record = state.get(sweep_id or (sweeps[0]["id"] if sweeps else "-none-"))
+    except SweepNotFound as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1)
+    counts = state.counts(record["id"])
+    finished = counts.get("ok", 0) + counts.get("skipped", 0)
+    out.print(f"sweep {record['id']} ({record['name']}): {record['status']}, {finished}/{record['total']} jobs final "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'nothing run yet'}); "
+              f"started {record['created_at']}, updated {record['updated_at']}")
+
+
+@sweep_app.command("list")
+def sweep_list(db: Optional[Path] = DbOpt) -> None:
+    """All sweeps in the results database."""
+    from .store import ResultStore
+    from .sweep.state import SweepState
+
+    state = SweepState(ResultStore(db).path)
+    table = Table(title="sweeps")
+    for col in ("id", "name", "jobs", "status", "created", "updated"):
+        table.add_column(col)
+    for s in state.list():
+        table.add_row(s["id"], s["name"], str(s["total"]), s["status"], s["created_at"], s["updated_at"])
+    out.print(table)
+
+
+def _print_counts(sweep_id: str, counts: dict[str, int]) -> None:
+    out.print(f"sweep {sweep_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if counts.get("error"):
+        out.print(f"failed jobs stay pending: `dlas-host sweep resume {sweep_id}` retries them")

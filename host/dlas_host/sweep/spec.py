@@ -1,0 +1,213 @@
+"""Sweep specifications: a grid (or an explicit list) over the six DLAS layers and the devices.
+
+A spec expands into jobs; each job has a stable key (hash of its dimensions), which is what makes a sweep
+resumable: a job whose key already has a final row in the store is not run again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..cache import key_of
+from ..devices import Registry
+
+SYSTEMS = ("tvm", "torch", "onnxruntime", "torch_compile")
+
+
+class SweepSpecError(ValueError):
+    """A sweep spec that is malformed or names something unknown."""
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    number: int = Field(3, ge=1)
+    repeat: int = Field(10, ge=1)
+    warmup: int = Field(2, ge=0)
+    retries: int = Field(2, ge=0)  # extra attempts after a transient (device/transport) failure
+    quarantine_after: int = Field(3, ge=1)  # consecutive failed jobs that take a device out of the sweep
+    calib_samples: int = Field(64, ge=1)
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    devices: list[str] = ["local"]  # names, "tag:NAME" or "all"
+    datasets: list[str] = ["cifar10"]
+    models: list[str] = ["resnet18"]
+    pruning: list[str] = ["none"]  # none | KIND:SCOPE:SCORE:AMOUNT (see `dlas-host optimize`)
+    quantization: list[str] = ["float32"]  # float32 | float16 | bfloat16 | int8
+    algorithms: list[str] = ["spatial_pack"]
+    layouts: list[str] = ["NCHW"]
+    sparse_formats: list[str] = ["dense"]
+    systems: list[str] = ["tvm"]
+    tuning: list[str] = ["untuned"]
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    grid: Grid | None = None
+    jobs: list[dict[str, Any]] = []  # explicit jobs: the same keys as a grid point (single values)
+    exclude: list[dict[str, Any]] = []  # a job matching every key/value of an entry is dropped
+    run: RunSettings = RunSettings()
+
+
+DIM_KEYS = ("device", "dataset", "model", "pruning", "quantization", "algorithm", "layout", "sparse_format",
+            "system", "tuning")
+_GRID_TO_DIM = {"devices": "device", "datasets": "dataset", "models": "model", "pruning": "pruning",
+                "quantization": "quantization", "algorithms": "algorithm", "layouts": "layout",
+                "sparse_formats": "sparse_format", "systems": "system", "tuning": "tuning"}
+
+
+@dataclass(frozen=True)
+class Job:
+    device: str
+    dataset: str
+    model: str
+    pruning: str = "none"
+    quantization: str = "float32"
+    algorithm: str = "n/a"
+    layout: str = "n/a"
+    sparse_format: str = "dense"
+    system: str = "tvm"
+    tuning: str = "n/a"
+
+    @property
+    def key(self) -> str:
+        return key_of(asdict(self))[:20]
+
+    def label(self) -> str:
+        parts = [self.model, self.dataset, self.system]
+        if self.system == "tvm":
+            parts += [f"{self.algorithm}/{self.layout}/{self.sparse_format}", self.tuning]
+        if self.pruning != "none":
+            parts.append(self.pruning)
+        if self.quantization != "float32":
+            parts.append(self.quantization)
+        return " ".join(parts)
+
+
+def load_spec(source: str | Path) -> SweepSpec:
+    """A spec from a YAML file, or a shipped preset by name (``quick``, ``dlas-paper``)."""
+    path = Path(source)
+    if path.is_file():
+        text, where = path.read_text(), str(path)
+    else:
+        preset = resources.files("dlas_host.presets") / f"{source}.yaml"
+        if not preset.is_file():
+            known = sorted(p.name.removesuffix(".yaml") for p in resources.files("dlas_host.presets").iterdir()
+                           if p.name.endswith(".yaml"))
+            raise SweepSpecError(f"{source}: no such sweep file or preset; presets: {', '.join(known)}")
+        text, where = preset.read_text(), f"preset {source}"
+    return parse_spec(text, where)
+
+
+def parse_spec(text: str, where: str = "sweep spec") -> SweepSpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SweepSpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{where}: expected a mapping with 'name' and 'grid' or 'jobs'")
+    try:
+        spec = SweepSpec(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise SweepSpecError(f"{where}: field {loc}: {msg}") from None
+    if spec.grid is None and not spec.jobs:
+        raise SweepSpecError(f"{where}: give a 'grid' or a list of 'jobs'")
+    return spec
+
+
+def _normalise(job: dict[str, Any]) -> Job:
+    """Dimensions that do not apply to a job collapse to 'n/a', so equal jobs get equal keys."""
+    data = dict(job)
+    if data.get("system", "tvm") != "tvm":
+        data.update(algorithm="n/a", layout="n/a", sparse_format="dense", tuning="n/a")
+    return Job(**data)
+
+
+def _check_values(job: Job, registry: Registry) -> None:
+    from .. import zoo  # noqa: PLC0415
+    from ..lower.policy import LoweringPolicy  # noqa: PLC0415
+
+    zoo.spec(job.model)
+    zoo.dataset(job.dataset)
+    registry.get(job.device)
+    if job.system not in SYSTEMS:
+        raise SweepSpecError(f"unknown system {job.system!r}; supported: {', '.join(SYSTEMS)}")
+    if job.quantization not in ("float32", "float16", "bfloat16", "int8"):
+        raise SweepSpecError(f"unknown quantization {job.quantization!r}; supported: float32, float16, bfloat16, int8")
+    if job.system == "tvm":
+        if job.tuning not in ("untuned", "tuned"):
+            raise SweepSpecError(f"unknown tuning {job.tuning!r}; supported: untuned, tuned")
+        LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format)
+    if job.pruning != "none" and job.pruning.count(":") != 3:
+        raise SweepSpecError(f"pruning {job.pruning!r}: expected none or KIND:SCOPE:SCORE:AMOUNT")
+
+
+def _devices(names: list[str], registry: Registry) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += list(registry.devices)
+        elif name.startswith("tag:"):
+            out += [d.name for d in registry.select(tags=[name[4:]])]
+        else:
+            out.append(registry.get(name).name)
+    return list(dict.fromkeys(out))
+
+
+def _excluded(job: Job, rules: list[dict[str, Any]]) -> bool:
+    data = asdict(job)
+    for rule in rules:
+        if all(_matches(data.get(k), v) for k, v in rule.items()):
+            return True
+    return False
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    if isinstance(wanted, list):
+        return value in wanted
+    if isinstance(wanted, str) and wanted.startswith("!"):
+        return value != wanted[1:]
+    return value == wanted
+
+
+def expand(spec: SweepSpec, registry: Registry, only_devices: list[str] | None = None) -> list[Job]:
+    """All jobs of the spec, deduplicated, exclusions applied, validated."""
+    jobs: list[Job] = []
+    for rule in spec.exclude:
+        bad = set(rule) - set(DIM_KEYS)
+        if bad:
+            raise SweepSpecError(f"exclude: unknown dimension(s) {sorted(bad)}; known: {', '.join(DIM_KEYS)}")
+    if spec.grid is not None:
+        grid = spec.grid.model_dump()
+        grid["devices"] = _devices(grid["devices"], registry)
+        names = list(_GRID_TO_DIM)
+        for combo in itertools.product(*(grid[n] for n in names)):
+            jobs.append(_normalise({_GRID_TO_DIM[n]: v for n, v in zip(names, combo)}))
+    for raw in spec.jobs:
+        bad = set(raw) - set(DIM_KEYS)
+        if bad:
+            raise SweepSpecError(f"jobs: unknown dimension(s) {sorted(bad)}; known: {', '.join(DIM_KEYS)}")
+        for device in _devices([raw.get("device", "local")], registry):
+            jobs.append(_normalise({**raw, "device": device}))
+    jobs = [j for j in dict.fromkeys(jobs) if not _excluded(j, spec.exclude)]
+    if only_devices:
+        jobs = [j for j in jobs if j.device in only_devices]
+    for job in jobs:
+        try:
+            _check_values(job, registry)
+        except ValueError as exc:
+            raise SweepSpecError(f"{spec.name}: job {job.label()} on {job.device}: {exc}") from None
+    return jobs
