@@ -78,6 +78,11 @@ def _mse_threshold(a: np.ndarray, absmax: float, steps: int = 100) -> float:
 
 
 def _entropy_threshold(a: np.ndarray, absmax: float, bins: int = 2048, levels: int = QMAX + 1) -> float:
+    # Exact zeros (half of every post-ReLU tensor) quantize exactly at any scale; left in, their spike in the
+    # first bin dominates the KL of every candidate and drags the threshold far too low.
+    a = a[a > 0]
+    if a.size == 0:
+        return absmax
     hist, edges = np.histogram(a, bins=bins, range=(0.0, absmax))
     hist = hist.astype(np.float64)
     best, best_i = np.inf, bins
@@ -85,18 +90,19 @@ def _entropy_threshold(a: np.ndarray, absmax: float, bins: int = 2048, levels: i
         p = hist[:i].copy()
         p[-1] += hist[i:].sum()
         nz = p > 0
-        # merge the i reference bins into `levels` quantized bins, spread back over the non-empty bins
-        chunks = np.array_split(np.arange(i), levels)
+        # Q: the unclipped reference bins merged into `levels` quantized bins and spread back over the
+        # non-empty bins (TensorRT); P carries the clipped outliers in its last bin, so clipping costs KL.
         q = np.zeros(i)
-        for c in chunks:
+        ref = hist[:i]
+        for c in np.array_split(np.arange(i), levels):
             m = nz[c]
             if m.any():
-                q[c[m]] = hist[:i][c].sum() / m.sum()
+                q[c[m]] = ref[c].sum() / m.sum()
         if p.sum() == 0 or q.sum() == 0:
             continue
         p_n, q_n = p / p.sum(), q / q.sum()
-        valid = nz & (q_n > 0)
-        kl = float(np.sum(p_n[valid] * np.log(p_n[valid] / q_n[valid]))) + float(p_n[nz & ~(q_n > 0)].sum()) * 10
+        q_n = np.where(nz, np.maximum(q_n, 1e-4 / max(int(nz.sum()), 1)), 0.0)  # smooth empty Q bins
+        kl = float(np.sum(p_n[nz] * np.log(p_n[nz] / q_n[nz])))
         if kl < best:
             best, best_i = kl, i
     return float(edges[min(best_i, bins)])
