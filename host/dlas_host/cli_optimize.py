@@ -15,7 +15,7 @@ from rich.table import Table
 
 
 def _fail(console: Console, msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    console.print(f"[red]error:[/red] {msg}", soft_wrap=True)
     raise typer.Exit(2)
 
 
