@@ -94,3 +94,22 @@ def test_quant_spec_errors() -> None:
     with pytest.raises(SpecError, match="calibration method"):
         QuantSpec.parse("int8", calib_method="kl")
     assert QuantSpec.parse("bfloat16").dtype == "bf16"
+
+
+def test_qat_finetune_then_same_export(trained_tiny_resnet, digits_loaders, calib_batch) -> None:
+    from dlas_host import train
+    from dlas_host.optimize.qat import fake_quantized, qat_finetune
+
+    model = copy.deepcopy(trained_tiny_resnet).eval()
+    cal = calibrate(model, [calib_batch], samples=16, method="minmax")
+    folded, hist = qat_finetune(model, cal, digits_loaders[0],
+                                train.TrainConfig(epochs=1, lr=0.005, max_steps_per_epoch=3, progress=False))
+    assert len(hist) == 1
+    assert not any("parametrizations" in n for n, _ in folded.named_parameters())  # fake quant removed
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    cal2 = calibrate(folded, [calib_batch], samples=16, method="minmax")
+    mod = quantize_relax(to_relax(folded, calib_batch), QuantSpec("int8"), cal2)
+    out = RelaxRunner(mod)(calib_batch)
+    with torch.no_grad(), fake_quantized(folded, cal2):
+        fq = folded(calib_batch).numpy()  # the torch fake-quant model predicts the int8 graph
+    assert np.abs(out - fq).max() / np.abs(fq).max() < 0.05

@@ -30,6 +30,7 @@ def optimize(
     percentile: float = typer.Option(99.99, help="int8 percentile calibration: percentile of |x|"),
     finetune_epochs: int = typer.Option(0, help="fine-tuning epochs after pruning (masks kept fixed)"),
     finetune_lr: float = typer.Option(0.01),
+    qat_epochs: int = typer.Option(0, help="int8: quantization-aware fine-tuning epochs (fake quant, STE)"),
     train_epochs: int = typer.Option(0, help="train the base model first (when there is no checkpoint)"),
     lr: float = typer.Option(0.05),
     checkpoint: Optional[Path] = typer.Option(None, help="base model weights (state dict)"),
@@ -57,7 +58,7 @@ def optimize(
     except (SpecError, zoo.ZooError) as exc:
         _fail(console, str(exc))
     req = OptimizeRequest(model, dataset, pspec, qspec, checkpoint=checkpoint, data_dir=data_dir,
-                          train_epochs=train_epochs, finetune_epochs=finetune_epochs, lr=lr, finetune_lr=finetune_lr,
+                          train_epochs=train_epochs, finetune_epochs=finetune_epochs, qat_epochs=qat_epochs, lr=lr, finetune_lr=finetune_lr,
                           batch_size=batch_size, eval_samples=eval_samples, max_steps_per_epoch=max_steps, seed=seed)
     try:
         result = run(req)

@@ -28,6 +28,7 @@ class OptimizeRequest:
     data_dir: Path | None = None
     train_epochs: int = 0  # train the base model first (no pretrained weights can be downloaded here)
     finetune_epochs: int = 0
+    qat_epochs: int = 0  # int8: quantization-aware fine-tuning epochs after calibration
     lr: float = 0.05
     finetune_lr: float = 0.01
     batch_size: int = 64
@@ -90,8 +91,12 @@ def run(req: OptimizeRequest) -> dict:
     result["accuracy"] = torch_acc
     calibration = None
     if req.quantize is not None:
-        result["accuracy"], calibration = _quantized_accuracy(model, req, test_loader, train_loader)
+        keep = pres.after_step() if req.prune is not None else None
+        result["accuracy"], calibration, model, qat_hist = _quantized_accuracy(model, req, test_loader, train_loader,
+                                                                               keep)
         result["accuracy_float"] = torch_acc
+        if qat_hist:
+            history["qat"] = qat_hist
     result["history"] = history
     if req.store:
         meta = {"base_model": req.model, "dataset": req.dataset,
@@ -119,8 +124,10 @@ def _size(model: nn.Module, q: QuantSpec | None, prune_info: dict | None) -> dic
     return out
 
 
-def _quantized_accuracy(model: nn.Module, req: OptimizeRequest, test_loader, train_loader):
-    """Accuracy of the quantized Relax module run by TVM (stock pipeline, llvm), compared with float torch."""
+def _quantized_accuracy(model: nn.Module, req: OptimizeRequest, test_loader, train_loader, keep=None):
+    """Accuracy of the quantized Relax module run by TVM (stock pipeline, llvm), compared with float torch.
+
+    Returns (accuracy, calibration, model, qat history); with QAT the model is the BN-folded fine-tuned one."""
     from .calibrate import calibrate
     from .quantize import quantize_relax
     from .relax_io import RelaxRunner, evaluate_relax, to_relax
@@ -128,16 +135,25 @@ def _quantized_accuracy(model: nn.Module, req: OptimizeRequest, test_loader, tra
     q = req.quantize
     ds = data.info(req.dataset)
     calibration = None
+    qat_hist: list[dict] = []
     if q.dtype == "int8":
         calib_loader = torch.utils.data.DataLoader(data.load(req.dataset, "train", req.data_dir, augment=False),
                                                    batch_size=req.batch_size, shuffle=True,
                                                    generator=torch.Generator().manual_seed(req.seed))
         calibration = calibrate(copy.deepcopy(model), calib_loader, samples=q.calib_samples, method=q.calib_method,
                                 percentile=q.percentile)
+        if req.qat_epochs:
+            from .qat import qat_finetune
+
+            cfg = train.TrainConfig(epochs=req.qat_epochs, lr=req.finetune_lr, after_step=keep, device="cpu",
+                                    max_steps_per_epoch=req.max_steps_per_epoch, progress=req.progress)
+            model, qat_hist = qat_finetune(model, calibration, train_loader, cfg)
+            calibration = calibrate(copy.deepcopy(model), calib_loader, samples=q.calib_samples,
+                                    method=q.calib_method, percentile=q.percentile)
     eval_batch = 16
     mod = quantize_relax(to_relax(model, torch.zeros(eval_batch, 3, ds.image_size, ds.image_size)), q, calibration)
     res = evaluate_relax(RelaxRunner(mod), test_loader, reference=model.eval())
     acc = _acc(res["top1"], res["top5"], res["samples"], req.dataset, f"tvm-{q.dtype}")
     acc["max_abs_err_vs_float"] = res["max_abs_err"]
     acc["top1_agreement_vs_float"] = res["top1_agreement"]
-    return acc, calibration
+    return acc, calibration, model, qat_hist
