@@ -1,0 +1,114 @@
+"""Dataset registry, directory resolution and loaders (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class DatasetError(ValueError):
+    """A dataset that is unknown, missing or malformed; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    image_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # zoo dataset whose model form (stem, classifier width) this dataset uses
+    model_form: str
+    env_var: str | None
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo("cifar10", 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           "cifar10", "DLAS_CIFAR10_DIR"),
+    "imagenet": DatasetInfo("imagenet", 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                            "imagenet", "DLAS_IMAGENET_DIR"),
+    "digits": DatasetInfo("digits", 32, 10, (0.3053, 0.3053, 0.3053), (0.3236, 0.3236, 0.3236), "cifar10", None),
+}
+
+SPLITS = ("train", "test")
+
+
+def info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+
+
+def model_dataset(name: str) -> str:
+    """The zoo dataset name to build models for ``name`` with (digits uses the CIFAR-10 form)."""
+    return info(name).model_form
+
+
+def _config_file() -> Path:
+    from dlas_host import paths
+
+    return paths.data_dir() / "datasets.json"
+
+
+def resolve_dir(name: str, data_dir: str | Path | None = None) -> Path:
+    """Directory of dataset ``name``: argument, then environment variable, then datasets.json."""
+    ds = info(name)
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if ds.env_var and os.environ.get(ds.env_var):
+        return Path(os.environ[ds.env_var]).expanduser()
+    cfg = _config_file()
+    if cfg.is_file():
+        try:
+            entry = json.loads(cfg.read_text()).get(name)
+        except (json.JSONDecodeError, AttributeError):
+            raise DatasetError(f"{cfg} is not a JSON object of dataset directories") from None
+        if entry:
+            return Path(entry).expanduser()
+    raise DatasetError(f"no directory for dataset {name!r}: pass --data-dir, set ${ds.env_var} "
+                       f"or add it to {cfg}")
+
+
+def load(name: str, split: str = "train", data_dir: str | Path | None = None, *, augment: bool | None = None,
+         limit: int | None = None) -> Dataset:
+    """Dataset ``name``/``split`` with standard preprocessing (augmentation on train unless ``augment=False``)."""
+    ds = info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    augment = (split == "train") if augment is None else augment
+    if name == "digits":
+        from .digits import load_digits
+
+        out: Dataset = load_digits(split, ds)
+    elif name == "cifar10":
+        from .cifar import load_cifar10
+
+        out = load_cifar10(resolve_dir(name, data_dir), split, ds, augment)
+    else:
+        from .imagenet import load_imagenet
+
+        out = load_imagenet(resolve_dir(name, data_dir), split, ds, augment)
+    if limit is not None and limit < len(out):  # type: ignore[arg-type]
+        out = torch.utils.data.Subset(out, range(limit))
+    return out
+
+
+def loaders(name: str, batch_size: int = 128, data_dir: str | Path | None = None, *, workers: int = 0,
+            train_limit: int | None = None, test_limit: int | None = None, augment: bool = True,
+            seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """(train loader shuffled with a seeded generator, test loader in order)."""
+    train = load(name, "train", data_dir, augment=augment, limit=train_limit)
+    test = load(name, "test", data_dir, limit=test_limit)
+    gen = torch.Generator().manual_seed(seed)
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, generator=gen),
+            DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers))
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
