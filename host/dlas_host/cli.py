@@ -57,7 +57,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (DeviceConfigError, ZooError, PolicyError, CompileError, ToolchainError, AgentError, ValueError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, LookupError, RuntimeError) as exc:
         fail(str(exc))
 
 
@@ -224,6 +224,8 @@ def bench_cmd(
     tuning: str = typer.Option("untuned", help="untuned | tuned"),
     checkpoint: Optional[Path] = typer.Option(None, help="local torch checkpoint (state_dict)"),
     optimized_model: Optional[str] = typer.Option(None, "--model-id", help="stored optimized model id"),
+    prune: Optional[str] = typer.Option(None, help="data-free pruning KIND:SCOPE:l1:AMOUNT, e.g. "
+                                        "unstructured:global:l1:0.9 (others: `dlas-host optimize`, then --model-id)"),
     number: int = typer.Option(3, min=1, help="runs per timing sample"),
     repeat: int = typer.Option(10, min=1, help="timing samples"),
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
@@ -235,6 +237,11 @@ def bench_cmd(
 
     with user_errors():
         dev = _registry(devices_file).get(device)
+        if prune:
+            from .sweep.runner import make_pruned_model
+
+            with status(f"pruning {model}/{dataset} ({prune})"):
+                optimized_model = make_pruned_model(model, dataset, prune)
         spec = build_spec(model, dataset, batch, algorithm, layout, sparse_format, sparsity, quantize, tuning,
                           checkpoint, optimized_model)
         store = _store(db)
@@ -361,9 +368,11 @@ def doctor() -> None:
 
 
 def _register_subcommands() -> None:
+    from .cli_optimize import optimize
     from .cli_sweep import sweep_app
 
     app.add_typer(sweep_app, name="sweep")
+    app.command("optimize")(optimize)
 
 
 def main() -> None:

@@ -89,8 +89,34 @@ def build_torch_model(spec: BuildSpec) -> Any:
     if spec.optimized_model:
         from .optimize import modelstore  # noqa: PLC0415 - optional layer
 
-        return modelstore.load(spec.optimized_model).eval()
+        return modelstore.load(spec.optimized_model).load_model()
     return zoo.create(spec.model, spec.dataset, checkpoint=spec.checkpoint, seed=spec.seed)
+
+
+CALIBRATION_BATCHES = 8
+
+
+def quantize_for_build(model: Any, mod: Any, spec: BuildSpec) -> Any:
+    """Quantize an imported zoo model for ``spec.quantize``.
+
+    int8 calibrates per-tensor activation scales (percentile observer) on seeded inputs drawn like the
+    benchmark's; for a calibration on real images, make the model with ``dlas-host optimize`` and bench its id.
+    """
+    import torch  # noqa: PLC0415
+
+    from .optimize.calibrate import calibrate  # noqa: PLC0415
+    from .optimize.quantize import quantize_relax  # noqa: PLC0415
+    from .optimize.spec import QuantSpec  # noqa: PLC0415
+
+    qspec = QuantSpec.parse(spec.quantize)
+    calibration = None
+    if qspec.dtype == "int8":
+        gen = torch.Generator().manual_seed(spec.seed + 1)
+        shape = zoo.input_shape(spec.dataset, spec.batch)
+        batches = [torch.randn(*shape, generator=gen) for _ in range(CALIBRATION_BATCHES)]
+        calibration = calibrate(zoo.fold_batchnorm(model), batches, samples=CALIBRATION_BATCHES * spec.batch,
+                                method=qspec.calib_method, seed=spec.seed)
+    return quantize_relax(mod, qspec, calibration)
 
 
 def example_inputs(spec: BuildSpec) -> list[np.ndarray]:
@@ -131,15 +157,13 @@ def build_key(spec: BuildSpec, device: Device) -> str:
     })
 
 
-def lower_and_build(mod: Any, spec: BuildSpec, device: Device) -> Any:
+def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None) -> Any:
     """Apply quantization, the lowering policy and (if asked) tuning records; return a TVM Executable."""
     import tvm  # noqa: PLC0415
 
     target = device.tvm_target()
     if spec.quantize and not spec.optimized_model:
-        from .optimize.quantize import quantize_relax_for_spec  # noqa: PLC0415 - optional layer
-
-        mod = quantize_relax_for_spec(mod, spec)
+        mod = quantize_for_build(model if model is not None else build_torch_model(spec), mod, spec)
     if spec.tuning == "tuned":
         from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
 
@@ -166,11 +190,19 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
             return _artifact(spec, device, hit, cached=True)
     t0 = time.perf_counter()
     inputs = example_inputs(spec)
-    model = build_torch_model(spec)
-    mod = import_relax(model, inputs)
+    try:
+        model = build_torch_model(spec)
+        if spec.optimized_model:
+            from .optimize import modelstore  # noqa: PLC0415 - a stored model carries its own quantization
+
+            mod = modelstore.relax_module(spec.optimized_model, spec.batch)
+        else:
+            mod = import_relax(model, inputs)
+    except LookupError as exc:  # an unknown or unreadable stored model
+        raise CompileError(str(exc).strip("'\"")) from None
     try:
         with build_context(device):  # CUDA: nvcc device code for the target's sm_XX
-            executable = lower_and_build(mod, spec, device)
+            executable = lower_and_build(mod, spec, device, model)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
