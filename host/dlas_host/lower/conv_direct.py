@@ -80,10 +80,10 @@ def schedule_direct_nchw(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     sc.schedule_producers(sch, anchor, lanes)
     par = sch.fuse(n, oo, y)
     sch.parallel(par)
-    init = sch.decompose_reduction(anchor, rc)
     sch.unroll(oi)
     sch.vectorize(xi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, rc)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
@@ -99,10 +99,10 @@ def schedule_direct_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     sc.schedule_producers(sch, anchor, lanes)
     par = sch.fuse(n, y)
     sch.parallel(par)
-    init = sch.decompose_reduction(anchor, ry)
     sch.unroll(xi)
     sch.vectorize(oi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, ry)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 

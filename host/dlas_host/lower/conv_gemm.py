@@ -88,10 +88,10 @@ def schedule_gemm_nchw(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     sc.schedule_producers(sch, anchor, lanes)
     par = sch.fuse(n, oo)
     sch.parallel(par)
-    init = sch.decompose_reduction(anchor, rk)
     sch.unroll(oi)
     sch.vectorize(pi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, rk)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
@@ -106,10 +106,10 @@ def schedule_gemm_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, oo, None, lanes)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, y))
-    init = sch.decompose_reduction(anchor, rk)
     sch.unroll(xi)
     sch.vectorize(oi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, rk)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 

@@ -77,10 +77,10 @@ def schedule_spatial_pack(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, oc, y))
-    init = sch.decompose_reduction(anchor, rco)
     sch.unroll(xi)
     sch.vectorize(oi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, rco)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 

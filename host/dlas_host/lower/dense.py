@@ -45,9 +45,9 @@ def schedule_dense(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     sc.schedule_producers(sch, anchor, lanes)
     outer = sch.fuse(*lead, jo) if lead else jo
     sch.parallel(outer)
-    init = sch.decompose_reduction(anchor, rk)
     sch.vectorize(ji)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, rk)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 

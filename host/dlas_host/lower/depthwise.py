@@ -81,9 +81,9 @@ def schedule_dw_nchw(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, xo, None, lanes)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, c))
-    init = sch.decompose_reduction(anchor, ry)
     sch.vectorize(xi)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, ry)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
@@ -98,10 +98,10 @@ def schedule_dw_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, co, None, lanes)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, y))
-    init = sch.decompose_reduction(anchor, ry)
     sch.unroll(xi)
     sch.vectorize(ci)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, ry)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
@@ -116,10 +116,10 @@ def schedule_dw_nchwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(cb), lanes, swap_inner=True)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, co, y))
-    init = sch.decompose_reduction(anchor, ry)
     sch.unroll(xi)
     sch.vectorize(ci)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = sch.decompose_reduction(anchor, ry)
+    sc.vectorize_init(sch, init)
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
 

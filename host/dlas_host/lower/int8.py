@@ -138,9 +138,9 @@ def schedule_conv_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, oc, y))
-    init = sch.decompose_reduction(anchor, rco)
-    sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)
+    init = sch.decompose_reduction(anchor, rco)
+    sc.vectorize_init(sch, init)
     sch.tensorize(oi, INTRIN[dot])
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
@@ -158,7 +158,7 @@ def schedule_dense_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     outer = sch.fuse(*lead, jo) if lead else jo
     sch.parallel(outer)
     init = sch.decompose_reduction(anchor, rko)
-    sch.vectorize(sch.get_loops(init)[-1])
+    sc.vectorize_init(sch, init)
     sch.tensorize(ji, INTRIN[dot])
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.ir.expr import Constant
 
 from . import conv_direct, conv_gemm, conv_spatial_pack, dense, depthwise, int8
 from .common import ConvGeom
@@ -103,7 +104,7 @@ class Dispatcher:
         out_layout = str(a.out_layout) or layout
         out_dtype = str(a.out_dtype) if a.out_dtype is not None and str(a.out_dtype) not in ("", "void") else str(data.ty.dtype)
         usable = (
-            isinstance(weight, relax.Constant)
+            isinstance(weight, Constant)
             and dshape is not None
             and layout in ("NCHW", "NHWC")
             and out_layout == layout
@@ -112,7 +113,7 @@ class Dispatcher:
         if not usable:
             self.log.append((name, "stock"))
             return _default_legalize(bb, call)
-        w = _to_oihw(weight.data.numpy(), klayout)
+        w = _to_oihw(weight.value.numpy(), klayout)
         w = inject_sparsity(w, self.policy.sparsity)
         if layout == "NCHW":
             n, c, h, wd = dshape
@@ -136,8 +137,12 @@ class Dispatcher:
             return _default_legalize(bb, bb.normalize(new_call))
         return self._emit_conv(bb, data, w, g, layout, algo, out_dtype)
 
-    def _call(self, bb, fn, *args, hint: str, **kw):
-        return bb.call_te(fn, *args, primfunc_name_hint=hint, primfunc_attrs={"op_pattern": KERNEL_PATTERN}, **kw)
+    def _call(self, bb, fn, *args, hint: str):
+        """call_te with the relax tensors first; geometry/config objects are closed over."""
+        exprs = [a for a in args if isinstance(a, relax.Expr)]
+        rest = args[len(exprs):]
+        return bb.call_te(lambda *ts: fn(*ts, *rest), *exprs, primfunc_name_hint=hint,
+                          primfunc_attrs={"op_pattern": KERNEL_PATTERN})
 
     def _emit_conv(self, bb, data, w: np.ndarray, g: ConvGeom, layout: str, algo: str, out_dtype: str):
         info, dt = self.info, str(data.ty.dtype)
@@ -185,10 +190,10 @@ class Dispatcher:
         x, wt = call.args
         xshape, wshape = _ints(x.ty.shape), _ints(wt.ty.shape)
         out_dtype = str(call.attrs.out_dtype) if call.attrs.out_dtype is not None and str(call.attrs.out_dtype) not in ("", "void") else str(x.ty.dtype)
-        if not (isinstance(wt, relax.Constant) and xshape is not None and wshape is not None and len(wshape) == 2
+        if not (isinstance(wt, Constant) and xshape is not None and wshape is not None and len(wshape) == 2
                 and len(xshape) >= 1):
             return _default_legalize(bb, call)
-        w_kn = inject_sparsity(wt.data.numpy(), self.policy.sparsity)
+        w_kn = inject_sparsity(wt.value.numpy(), self.policy.sparsity)
         if self.policy.sparse_format != "dense":
             return _sparse_module().emit_sparse_dense(
                 bb, x, np.ascontiguousarray(w_kn.T), fmt=self.policy.sparse_format, block=self.policy.bsr_block,

@@ -55,6 +55,16 @@ def vectorize_inner(sch: Sched, loop, lanes: int) -> None:
         sch.vectorize(inner)
 
 
+def vectorize_init(sch: Sched, init) -> None:
+    """Vectorize the innermost loop of a decomposed reduction's init block (best effort)."""
+    try:
+        loop = sch.get_loops(init)[-1]
+        if extent(sch, loop) > 1:
+            sch.vectorize(loop)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def parallel_outer(sch: Sched, loops: list) -> None:
     if not loops:
         return
