@@ -86,7 +86,12 @@ def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: 
         if policy.layout == "NHWC":
             mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
             mod = relax.transform.FoldConstant()(mod)
-        mod = relax.transform.LegalizeOps(customize_legalize_map=dispatcher.legalize_map())(mod)
+        try:
+            mod = relax.transform.LegalizeOps(customize_legalize_map=dispatcher.legalize_map())(mod)
+        except Exception:
+            if dispatcher.error is not None:
+                raise dispatcher.error from None
+            raise
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         mod = relax.transform.FoldConstant()(mod)
         mod = relax.transform.FuseOps()(mod)

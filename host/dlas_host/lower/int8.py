@@ -18,12 +18,50 @@ from .common import ConvGeom, pad_nchw, pick_block
 from .conv_spatial_pack import nchwc_remap
 from .targets import TargetInfo
 
-INTRIN = {"vnni": "dot_16x4_vnni", "sdot": "dot_4x4_i8i8s32_sdot"}
+INTRIN = {"vnni": "dlas_dot_16x4_vnni", "sdot": "dot_4x4_i8i8s32_sdot"}
+_REGISTERED = False
 
 
 def _register_intrinsics() -> None:
+    """Register the intrinsics once.
+
+    TVM's shipped ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to ``llvm.x86.avx512.vpdpbusd.512``,
+    which LLVM 22 (the wheel's) declares with ``<64 x i8>`` operands and rejects at verification. Ours
+    keeps TVM's description (``dot_product_16x4_u8i8i32_desc``) and emits the byte-vector form.
+    """
+    global _REGISTERED
+    if _REGISTERED:
+        return
     import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401,PLC0415 - registers the sdot intrinsics
-    import tvm.s_tir.tensor_intrin.x86  # noqa: F401,PLC0415 - registers dot_16x4_vnni
+    from tvm.s_tir import TensorIntrin  # noqa: PLC0415
+    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc  # noqa: PLC0415
+
+    TensorIntrin.register(INTRIN["vnni"], dot_product_16x4_u8i8i32_desc, _vnni_impl(), override=True)
+    _REGISTERED = True
+
+
+def _vnni_impl():
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_bytes,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    return impl
 
 
 def lanes_for(info: TargetInfo) -> int:
@@ -135,15 +173,15 @@ def schedule_conv_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     ob = sc.extent(sch, oi)
     xo, xi = sch.split(x, [None, rb])
     sch.reorder(n, oc, y, xo, rco, ry, rx, xi, oi, rci)
-    fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True)
+    fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True, local=False)
     sc.schedule_producers(sch, anchor, lanes)
     sch.parallel(sch.fuse(n, oc, y))
     sch.unroll(xi)
     init = sch.decompose_reduction(anchor, rco)
     sc.vectorize_init(sch, init)
-    sch.tensorize(oi, INTRIN[dot])
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
+    sch.tensorize(oi, INTRIN[dot])
 
 
 def schedule_dense_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
@@ -153,15 +191,16 @@ def schedule_dense_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     *lead, jo, ji, rko, rki = sch.get_loops(anchor)
     sch.reorder(*lead, jo, rko, ji, rki)
     ln = sc.extent(sch, ji)
-    fused = sc.fuse_epilogue(sch, anchor, jo, lambda *idx: (*idx[:-1], idx[-1] // ln, idx[-1] % ln), lanes)
+    fused = sc.fuse_epilogue(sch, anchor, jo, lambda *idx: (*idx[:-1], idx[-1] // ln, idx[-1] % ln), lanes,
+                             local=False)
     sc.schedule_producers(sch, anchor, lanes)
     outer = sch.fuse(*lead, jo) if lead else jo
     sch.parallel(outer)
     init = sch.decompose_reduction(anchor, rko)
     sc.vectorize_init(sch, init)
-    sch.tensorize(ji, INTRIN[dot])
     if not fused:
         sc.schedule_tail_generic(sch, anchor, lanes)
+    sch.tensorize(ji, INTRIN[dot])
 
 
 CPU_SCHEDULES = {"conv_int8": schedule_conv_int8, "dense_int8": schedule_dense_int8}

@@ -60,6 +60,15 @@ def _ints(shape) -> list[int] | None:
         return None
 
 
+def np_dtype(dtype: str):
+    """numpy dtype for a TVM dtype name (bfloat16 through ml_dtypes)."""
+    if dtype == "bfloat16":
+        import ml_dtypes  # noqa: PLC0415
+
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
 def _to_oihw(w: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(w.transpose([layout.index(ch) for ch in "OIHW"]))
 
@@ -83,8 +92,20 @@ class Dispatcher:
         self.overrides = dict(policy.overrides)
         self.log: list[tuple[str, str]] = []  # (layer, algorithm) in graph order, for reports and tests
 
+        self.error: Exception | None = None  # a PolicyError raised inside the pass (FFI turns it into RuntimeError)
+
     def legalize_map(self) -> dict[str, Callable]:
-        return {"relax.nn.conv2d": self.conv2d, "relax.matmul": self.matmul}
+        return {"relax.nn.conv2d": self._keep_error(self.conv2d), "relax.matmul": self._keep_error(self.matmul)}
+
+    def _keep_error(self, fn: Callable) -> Callable:
+        def wrapped(bb, call):
+            try:
+                return fn(bb, call)
+            except PolicyError as exc:
+                self.error = exc
+                raise
+
+        return wrapped
 
     # ---------------------------------------------------------------- conv2d
     def _algorithm(self, name: str, depthwise_layer: bool) -> str:
@@ -151,29 +172,29 @@ class Dispatcher:
         if g.is_depthwise and algo in ("direct", "spatial_pack"):
             if algo == "spatial_pack" and layout == "NCHW":
                 cb = depthwise.channel_block_for(g, info, out_dtype)
-                wp = relax.const(depthwise.weight_nchwc(w, cb).astype(wdt))
+                wp = relax.const(depthwise.weight_nchwc(w, cb).astype(np_dtype(wdt)))
                 return self._call(bb, depthwise.dw_nchwc, data, wp, g, out_dtype, info, cb, hint="dlas_dw_nchwc")
             if layout == "NCHW":
-                wp = relax.const(depthwise.weight_nchw(w).astype(wdt))
+                wp = relax.const(depthwise.weight_nchw(w).astype(np_dtype(wdt)))
                 return self._call(bb, depthwise.dw_nchw, data, wp, g, out_dtype, info, hint="dlas_dw_nchw")
-            wp = relax.const(depthwise.weight_nhwc(w).astype(wdt))
+            wp = relax.const(depthwise.weight_nhwc(w).astype(np_dtype(wdt)))
             return self._call(bb, depthwise.dw_nhwc, data, wp, g, out_dtype, info, hint="dlas_dw_nhwc")
         if algo == "direct":
             if layout == "NCHW":
-                wp = relax.const(conv_direct.weight_nchw(w).astype(wdt))
+                wp = relax.const(conv_direct.weight_nchw(w).astype(np_dtype(wdt)))
                 return self._call(bb, conv_direct.direct_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nchw")
-            wp = relax.const(conv_direct.weight_nhwc(w).astype(wdt))
+            wp = relax.const(conv_direct.weight_nhwc(w).astype(np_dtype(wdt)))
             return self._call(bb, conv_direct.direct_nhwc, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nhwc")
         if algo == "gemm":
             if layout == "NCHW":
-                wp = relax.const(conv_gemm.weight_nchw(w, g).astype(wdt))
+                wp = relax.const(conv_gemm.weight_nchw(w, g).astype(np_dtype(wdt)))
                 return self._call(bb, conv_gemm.gemm_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_gemm_nchw")
-            wp = relax.const(conv_gemm.weight_nhwc(w, g).astype(wdt))
+            wp = relax.const(conv_gemm.weight_nhwc(w, g).astype(np_dtype(wdt)))
             return self._call(bb, conv_gemm.gemm_nhwc, data, wp, g, out_dtype, info, hint="dlas_conv_gemm_nhwc")
         # spatial pack (NCHW graph, NCHWc inside the kernel)
         if g.groups != 1:
             # grouped (non-depthwise) convolutions have no packed kernel: direct is the closest
-            wp = relax.const(conv_direct.weight_nchw(w).astype(wdt))
+            wp = relax.const(conv_direct.weight_nchw(w).astype(np_dtype(wdt)))
             return self._call(bb, conv_direct.direct_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nchw")
         if int8_in and int8.int8_dot_usable(g, info, out_dtype):
             ib, ob = 4, int8.lanes_for(info)
@@ -181,7 +202,7 @@ class Dispatcher:
             return self._call(bb, int8.conv_int8_nchwc, data, relax.const(wp), relax.const(comp), g, info, ib, ob,
                               hint="dlas_conv_sp_int8")
         ib, ob = conv_spatial_pack.blocks_for(g, info, out_dtype)
-        wp = relax.const(conv_spatial_pack.pack_weight(w, ib, ob).astype(wdt))
+        wp = relax.const(conv_spatial_pack.pack_weight(w, ib, ob).astype(np_dtype(wdt)))
         return self._call(bb, conv_spatial_pack.spatial_pack_nchw, data, wp, g, out_dtype, info, ib, ob,
                           hint="dlas_conv_sp_nchwc")
 
@@ -207,7 +228,7 @@ class Dispatcher:
             return self._call(bb, int8.dense_int8, x, relax.const(wp), relax.const(comp), w_kn.shape[1], self.info,
                               hint="dlas_dense_int8")
         nb = dense.block_for(w_kn.shape[1], self.info, out_dtype)
-        wp = relax.const(dense.pack_weight(w_kn, nb).astype(dt))
+        wp = relax.const(dense.pack_weight(w_kn, nb).astype(np_dtype(dt)))
         return self._call(bb, dense.dense, x, wp, w_kn.shape[1], out_dtype, self.info, hint="dlas_dense")
 
 

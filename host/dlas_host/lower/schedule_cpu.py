@@ -126,7 +126,8 @@ def schedule_generic(sch: Sched, info: TargetInfo) -> None:
             pass
 
 
-def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, swap_inner: bool = False) -> bool:
+def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, swap_inner: bool = False,
+                  local: bool = True) -> bool:
     """Inline the anchor's elementwise tail into its last block and compute that at ``loop``.
 
     ``remap`` re-indexes the tail's iteration space to the anchor's (e.g. NCHW -> NCHWc) so that the
@@ -153,10 +154,11 @@ def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, 
         inner = sch.get_loops(final)[-1]
         if extent(sch, inner) > 1:
             sch.vectorize(inner)
-        try:
-            sch.set_scope(anchor, 0, "local")
-        except Exception:  # noqa: BLE001
-            pass
+        if local:  # tensor intrinsics expect global-scope operands, so int8 kernels keep it
+            try:
+                sch.set_scope(anchor, 0, "local")
+            except Exception:  # noqa: BLE001
+                pass
         return True
     except Exception:  # noqa: BLE001
         return False
