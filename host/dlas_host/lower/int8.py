@@ -18,47 +18,71 @@ from .common import ConvGeom, pad_nchw, pick_block
 from .conv_spatial_pack import nchwc_remap
 from .targets import TargetInfo
 
-INTRIN = {"vnni": "dlas_dot_16x4_vnni", "sdot": "dot_4x4_i8i8s32_sdot"}
+INTRIN = {"vnni": "dlas_dot_16x4_vnni", "sdot": "dlas_dot_4x4_sdot"}
 _REGISTERED = False
 
 
 def _register_intrinsics() -> None:
-    """Register the intrinsics once.
+    """Register our two dot-product intrinsics once.
 
-    TVM's shipped ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to ``llvm.x86.avx512.vpdpbusd.512``,
-    which LLVM 22 (the wheel's) declares with ``<64 x i8>`` operands and rejects at verification. Ours
-    keeps TVM's description (``dot_product_16x4_u8i8i32_desc``) and emits the byte-vector form.
+    Own versions rather than ``tvm.s_tir.tensor_intrin``'s: TVM's ``dot_16x4_vnni`` passes ``<16 x i32>``
+    operands to ``llvm.x86.avx512.vpdpbusd.512``, which LLVM 22 (the wheel's) declares with ``<64 x i8>``
+    operands and rejects at verification; and importing that package costs ~23 s (CUDA intrinsics).
     """
     global _REGISTERED
     if _REGISTERED:
         return
-    import tvm.s_tir.tensor_intrin.arm_cpu  # noqa: F401,PLC0415 - registers the sdot intrinsics
     from tvm.s_tir import TensorIntrin  # noqa: PLC0415
-    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc  # noqa: PLC0415
 
-    TensorIntrin.register(INTRIN["vnni"], dot_product_16x4_u8i8i32_desc, _vnni_impl(), override=True)
+    for key, (lanes, a_dtype, llvm_name, ops) in {
+        "vnni": (16, "uint8", "llvm.x86.avx512.vpdpbusd.512", 64),
+        "sdot": (4, "int8", "llvm.aarch64.neon.sdot.v4i32.v16i8", 16),
+    }.items():
+        TensorIntrin.register(INTRIN[key], _dot_desc(lanes, a_dtype), _dot_impl(lanes, a_dtype, llvm_name, ops),
+                              override=True)
     _REGISTERED = True
 
 
-def _vnni_impl():
+def _dot_desc(lanes: int, a_dtype: str):
+    """C[i] += A[k] * B[i, k] for i < lanes, k < 4 (int32 accumulation)."""
+    from tvm.script import tirx as T  # noqa: PLC0415
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _dot_impl(lanes: int, a_dtype: str, llvm_name: str, nbytes: int):
+    """One instruction: the 4 A bytes broadcast to every lane, B's lanes x 4 bytes, lanes int32 sums."""
     from tvm.script import tirx as T  # noqa: PLC0415
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (4,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_word = T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_word, lanes), dtype=f"{a_dtype}x{nbytes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name),
+                C.vload([0], dtype=f"int32x{lanes}"),
                 a_bytes,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
+                B.vload([0, 0], dtype=f"int8x{nbytes}"),
+                dtype=f"int32x{lanes}",
             )
 
     return impl

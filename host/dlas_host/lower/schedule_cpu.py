@@ -18,6 +18,9 @@ from .targets import TargetInfo
 
 Sched = s_tir.Schedule
 
+UNFUSED_TAILS: list[str] = []
+"""Anchors whose elementwise tail could not be computed at the register tile (diagnostics, tests)."""
+
 
 def root_blocks(sch: Sched) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
@@ -160,7 +163,8 @@ def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, 
             except Exception:  # noqa: BLE001
                 pass
         return True
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        UNFUSED_TAILS.append(f"{sch.get(anchor).name_hint}: {str(exc).splitlines()[0][:200]}")
         return False
 
 
