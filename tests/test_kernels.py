@@ -234,10 +234,25 @@ def test_cuda_builds():
     rng = np.random.default_rng(4)
     w = _rand((16, 8, 3, 3), "float32", rng)
     mod = conv_module((1, 8, 10, 12), w, np.zeros(16, np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
-    for algo in ("direct", "gemm", "spatial_pack"):
-        lowered = lower(mod, target, LoweringPolicy(algorithm=algo))
+    from dlas_host.lower import schedule_cpu
+
+    for algo, layout in (("direct", "NCHW"), ("direct", "NHWC"), ("gemm", "NCHW"), ("spatial_pack", "NCHW")):
+        schedule_cpu.UNFUSED_TAILS.clear()
+        lowered = lower(mod, target, LoweringPolicy(algorithm=algo, layout=layout))
         ex = tvm.compile(lowered, target=target)
-        assert ex is not None
+        cuda_src = ex.mod.imports[0].imports[0].inspect_source()
+        assert "__shared__" in cuda_src and "threadIdx.x" in cuda_src
+        assert not schedule_cpu.UNFUSED_TAILS  # our tiled schedule, not dlight's fallback
+
+
+def test_arm_float_compiles():
+    """Arm NEON: 4-lane vectors, compile-only (cross target, nothing exported)."""
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    rng = np.random.default_rng(6)
+    w = _rand((16, 8, 3, 3), "float32", rng)
+    mod = conv_module((1, 8, 8, 8), w, np.zeros(16, np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
+    for algo in ("direct", "gemm", "spatial_pack"):
+        assert tvm.compile(lower(mod, target, LoweringPolicy(algorithm=algo)), target=target) is not None
 
 
 def test_arm_sdot_compiles():

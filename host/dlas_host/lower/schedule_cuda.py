@@ -1,8 +1,8 @@
 """Generic (untuned) CUDA schedules.
 
-Project kernels (anchors): one output element per thread, spatial loops fused and bound to
-blockIdx/threadIdx, reduction serial in a register accumulator, producers (pad/pack/im2col) inlined into
-the kernel; the elementwise tail runs as a second kernel of the same function. Everything else: dlight's default GPU
+Project kernels (anchors): see ``schedule_anchor_gpu`` (thread per output, shared-memory staging of
+each reduction chunk); the elementwise tail runs as a second kernel of the same function. If a kernel
+cannot take that schedule, dlight's fallback schedules it. Everything else: dlight's default GPU
 rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback).
 """
 
@@ -17,11 +17,18 @@ from .targets import TargetInfo
 THREADS = 128
 
 
-def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS) -> None:
+def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS, chunk: int = 8) -> None:
+    """Shared-memory tiled schedule for any project kernel.
+
+    A thread block computes ``threads`` consecutive outputs (one per thread, accumulated in a register).
+    The outermost reduction loop is split into chunks; per chunk, every input the kernel reads
+    (activation region, weight slice) is staged into shared memory by a cooperative fetch of all the
+    block's threads, so neighbouring outputs reuse each loaded element.
+    """
     blocks = sc.root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     idx = names.index(sch.get(anchor).name_hint)
-    for b in reversed(blocks[:idx]):  # pads, packs, im2col: recomputed in the kernel
+    for b in reversed(blocks[:idx]):  # pads, packs, im2col: recomputed while staging
         sch.compute_inline(b)
     blocks = sc.root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
@@ -31,16 +38,25 @@ def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS) -> None:
         sch.compute_inline(b)
     ns = sc.n_spatial(sch, anchor)
     loops = sch.get_loops(anchor)
-    spatial = sch.fuse(*loops[:ns])
-    bx, tx = sch.split(spatial, [None, threads])
+    spatial, reduce = loops[:ns], loops[ns:]
+    fused = sch.fuse(*spatial)
+    bx, tx = sch.split(fused, [None, threads])
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
     local = sch.cache_write(anchor, 0, "local")
     sch.reverse_compute_at(local, tx, preserve_unit_loops=True)
+    if reduce:
+        ko, _ = sch.split(reduce[0], [None, min(chunk, sc.extent(sch, reduce[0]))])
+        n_reads = len(sch.get(anchor).reads)
+        for i in range(n_reads):
+            shared = sch.cache_read(anchor, i, "shared")
+            sch.compute_at(shared, ko)
+            fetch = sch.fuse(*sch.get_loops(shared)[3:])  # loops below (bx, tx, ko)
+            _, ft = sch.split(fetch, [None, threads])
+            sch.bind(ft, "threadIdx.x")
     if tail:
         final = sc.root_blocks(sch)[-1]
-        floops = sch.get_loops(final)
-        f = sch.fuse(*floops)
+        f = sch.fuse(*sch.get_loops(final))
         fb, ft = sch.split(f, [None, threads])
         sch.bind(fb, "blockIdx.x")
         sch.bind(ft, "threadIdx.x")
@@ -60,8 +76,8 @@ def schedule_module_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRM
         try:
             schedule_anchor_gpu(sch, anchor)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        except Exception:  # noqa: BLE001 - let dlight's fallback take it
-            pass
+        except Exception as exc:  # noqa: BLE001 - let dlight's fallback take it
+            sc.UNFUSED_TAILS.append(f"gpu {gv.name_hint}: {str(exc).splitlines()[0][:200]}")
     for gv, f in out.items():
         mod[gv] = f
     with target:
