@@ -163,9 +163,12 @@ def test_int8_uses_vnni():
 def test_policy_errors():
     mod = conv_module((1, 8, 8, 8), np.ones((8, 8, 3, 3), np.float32), np.zeros(8, np.float32),
                       (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
-    for algo, layout in [("gemm", "NCHWc"), ("direct", "NCHWc"), ("spatial_pack", "NHWC")]:
+    for algo, layout, dw in [("gemm", "NCHWc", None), ("direct", "NCHWc", None), ("spatial_pack", "NHWC", None),
+                             ("direct", "NHWC", "spatial_pack")]:
         with pytest.raises(PolicyError, match="supported combinations"):
-            lower(mod, CPU, LoweringPolicy(algorithm=algo, layout=layout))
+            lower(mod, CPU, LoweringPolicy(algorithm=algo, layout=layout, depthwise_algorithm=dw))
+    # the default depthwise choice (direct, NCHW between kernels) is valid inside an NCHWc model
+    lower(mod, CPU, LoweringPolicy(algorithm="spatial_pack", layout="NCHWc"))
 
 
 def test_overrides_pick_algorithm_per_layer():

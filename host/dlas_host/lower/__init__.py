@@ -45,10 +45,13 @@ def _check_policy(policy: LoweringPolicy) -> None:
     if policy.is_stock:
         return
     check_combination(policy.algorithm, policy.layout)
-    if policy.depthwise_algorithm is not None and policy.depthwise_algorithm != "stock":
-        dw_layouts = {"direct": ("NCHW", "NHWC"), "gemm": ("NCHW", "NHWC"), "spatial_pack": ("NCHW", "NCHWc")}
-        if policy.layout not in dw_layouts[policy.depthwise_algorithm]:
-            check_combination(policy.depthwise_algorithm, policy.layout, "depthwise algorithm")
+    # per-layer choices only need to read the layout the graph has between kernels (NCHWc is packed
+    # inside spatial-pack kernels only, so NCHW there)
+    between = "NHWC" if policy.layout == "NHWC" else "NCHW"
+    if policy.depthwise_algorithm is not None:
+        check_combination(policy.depthwise_algorithm, between, "depthwise algorithm")
+    for layer, algo in policy.overrides:
+        check_combination(algo, between, f"override {layer}: algorithm")
 
 
 def schedule_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

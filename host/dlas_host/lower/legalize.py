@@ -150,8 +150,9 @@ class Dispatcher:
                 data_layout=layout, out_dtype=out_dtype, fmt=self.policy.sparse_format,
                 block=self.policy.bsr_block, target=self.target)
         algo = self._algorithm(name, g.is_depthwise)
-        graph_layout = "NCHWc" if self.policy.layout == "NCHWc" else layout
-        check_combination(algo, graph_layout, f"layer {name}: algorithm")
+        # per layer, the graph between kernels is NCHW (NCHW/NCHWc policies) or NHWC; any kernel that
+        # reads that layout may run (e.g. direct depthwise layers inside a spatial-pack NCHWc model)
+        check_combination(algo, layout, f"layer {name}: algorithm")
         self.log.append((name, algo))
         if algo == "stock":
             new_call = relax.Call(call.op, [data, relax.const(_from_oihw(w, klayout))], call.attrs)
