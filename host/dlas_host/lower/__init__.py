@@ -19,7 +19,27 @@ Decision on ``tvm.compile``: its default pipeline would legalize and fuse again.
 here and every PrimFunc is then marked ``op_pattern = kOpaque`` and ``tirx.is_scheduled``, the default
 pipeline's LegalizeOps/FuseOps/FuseTIR find nothing to do and dlight skips the functions, so the
 schedules survive a plain ``tvm.compile(mod, target)``; no custom pipeline is needed.
-(``compile_pipeline`` is provided anyway for callers that want to be explicit.)
+(``compile_pipeline`` is provided anyway for callers that want to be explicit.) Pass ``tvm.compile`` a
+``tvm.target.Target``, not a dict: its VM build reads ``target.keys``.
+
+Algorithms x layouts (``PolicyError`` lists them for anything else):
+
+=============  ==============  =====================================================================
+algorithm      layouts         kernel
+=============  ==============  =====================================================================
+direct         NCHW, NHWC      sliding window; NCHW: ob channels x vw columns tile, NHWC: rb x SIMD
+gemm           NCHW, NHWC      packed im2col matrix + register-tiled GEMM
+spatial_pack   NCHW, NCHWc     NCHWc activations packed per layer, OIHW[i][o] weights packed offline
+stock          any             TVM's own legalization (+ our generic schedule)
+=============  ==============  =====================================================================
+
+NCHWc means "activations in NCHW[c] inside each spatial-pack kernel"; between kernels the graph stays
+NCHW (so ``NCHW`` and ``NCHWc`` give the same spatial-pack kernels, and other per-layer choices such
+as the default direct depthwise are valid in NCHWc models). Depthwise: direct (NCHW/NHWC), spatial_pack
+(NCHWc), gemm (grouped im2col). Dtypes: float32, float16, bfloat16 (accumulate in the output dtype, as
+relax's conv2d does) and int8 x int8 -> int32; int8 spatial pack uses AVX512-VNNI on x86 and sdot on
+Arm with dotprod (see ``int8``). Grouped non-depthwise convolutions under spatial_pack run the direct
+kernel.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ class Dispatcher:
     def _emit_conv(self, bb, data, w: np.ndarray, g: ConvGeom, layout: str, algo: str, out_dtype: str):
         info, dt = self.info, str(data.ty.dtype)
         wdt = dt
-        int8_in = dt in ("int8", "uint8")
+        int8_in = dt == "int8" and w.dtype == np.int8  # VNNI shift trick assumes signed int8
         if g.is_depthwise and algo in ("direct", "spatial_pack"):
             if algo == "spatial_pack" and layout == "NCHW":
                 cb = depthwise.channel_block_for(g, info, out_dtype)
@@ -224,7 +224,7 @@ class Dispatcher:
             new_call = relax.Call(call.op, [x, relax.const(w_kn)], call.attrs)
             return _default_legalize(bb, bb.normalize(new_call))
         dt = str(x.ty.dtype)
-        if dt in ("int8", "uint8") and int8.dense_int8_usable(w_kn.shape, self.info, out_dtype):
+        if dt == "int8" and w_kn.dtype == np.int8 and int8.dense_int8_usable(w_kn.shape, self.info, out_dtype):
             wp, comp = int8.pack_dense(w_kn, self.info)
             return self._call(bb, int8.dense_int8, x, relax.const(wp), relax.const(comp), w_kn.shape[1], self.info,
                               hint="dlas_dense_int8")
