@@ -152,6 +152,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, choices=(32, 224))
     ap.add_argument("--engines", nargs="+", default=ENGINES)
     ap.add_argument("--int8-algorithm", default="spatial_pack")
+    ap.add_argument("--passes", type=int, default=2,
+                    help="run every engine this many times (fresh subprocess each) and keep the fastest median: "
+                         "on a shared machine, other jobs only ever add time")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "algorithms.md"))
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -167,11 +170,20 @@ def main() -> None:
              "TVM rows: `dlas_host.lower.lower` (untuned project schedules) + `tvm.compile`, VM `time_evaluator` "
              "number=3 repeat=10 median; torch eager: same protocol. Each engine in a fresh subprocess. "
              "Depthwise layers use the policy default (`direct`). Shared 2-core machine: expect +-15 % noise.", ""]
+    lines[-2] += f" Best of {a.passes} passes (engines interleaved); load average at start: {os.getloadavg()[0]:.2f}."
     lines += ["| model | engine | ms | vs torch | max abs err | build s |", "|---|---|---:|---:|---:|---:|"]
+    best: dict[tuple[str, str], dict] = {}
+    for _ in range(a.passes):
+        for model in a.models:
+            for engine in a.engines:
+                r = _spawn(["model", model, str(a.size), engine])
+                key = (model, engine)
+                if key not in best or ("ms" in r and ("ms" not in best[key] or r["ms"] < best[key]["ms"])):
+                    best[key] = r
     for model in a.models:
         torch_ms = None
         for engine in a.engines:
-            r = _spawn(["model", model, str(a.size), engine])
+            r = best[(model, engine)]
             if "error" in r:
                 lines.append(f"| {model} | {engine} | error: {r['error'][:80]} | | | |")
                 print(model, engine, r["error"], flush=True)
@@ -195,6 +207,7 @@ def main() -> None:
             lines.append(f"| {row['layer']} | {row['float32']:.3f} | {row['int8']:.3f} | {row['float32'] / row['int8']:.2f}x |")
         lines.append(f"| **sum of distinct layers** | {tf:.3f} | {ti:.3f} | {tf / ti:.2f}x |")
         print(f"int8 vs fp32 ({a.int8_algorithm}): {tf:.2f} ms vs {ti:.2f} ms = {tf / ti:.2f}x", flush=True)
+    lines.append(f"\nLoad average at end: {os.getloadavg()[0]:.2f}.")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("wrote", a.out)
