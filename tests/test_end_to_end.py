@@ -23,7 +23,7 @@ FAST = RunOptions(number=1, repeat=3, warmup=0)
 
 @pytest.fixture(scope="module")
 def spec():
-    return BuildSpec(model="resnet18", dataset="cifar10", policy=LoweringPolicy(algorithm="stock"))
+    return BuildSpec(model="resnet18", dataset="cifar10", policy=LoweringPolicy(algorithm="spatial_pack"))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 def test_cli_bench_json_is_one_object(tmp_path, artifact):
     proc = cli("bench", "--device", "local", "--model", "resnet18", "--dataset", "cifar10", "--system", "tvm",
-               "--algorithm", "stock", "--json", "--repeat", "3", "--number", "1", "--db", str(tmp_path / "r.sqlite"))
+               "--algorithm", "spatial_pack", "--json", "--repeat", "3", "--number", "1", "--db", str(tmp_path / "r.sqlite"))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert {"median_ms", "p90_ms", "n", "max_abs_err"} <= set(data)

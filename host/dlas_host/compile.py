@@ -37,7 +37,7 @@ class BuildSpec:
     batch: int = 1
     seed: int = 0
     checkpoint: str | None = None
-    policy: LoweringPolicy = field(default_factory=lambda: LoweringPolicy(algorithm="stock"))
+    policy: LoweringPolicy = field(default_factory=LoweringPolicy)
     quantize: str | None = None  # None | "float16" | "bfloat16" | "int8"
     optimized_model: str | None = None  # id of a stored optimized (pruned/quantized) model
     tuning: str = "untuned"  # "untuned" | "tuned" (apply the tuning-records database)
