@@ -369,9 +369,10 @@ def doctor() -> None:
 
 def _register_subcommands() -> None:
     from .cli_optimize import optimize
-    from .cli_sweep import sweep_app
+    from .cli_sweep import report, sweep_app
 
     app.add_typer(sweep_app, name="sweep")
+    app.command("report")(report)
     app.command("optimize")(optimize)
 
 

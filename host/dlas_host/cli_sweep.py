@@ -115,3 +115,33 @@ def _print_counts(sweep_id: str, counts: dict[str, int]) -> None:
     out.print(f"sweep {sweep_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if counts.get("error"):
         out.print(f"failed jobs stay pending: `dlas-host sweep resume {sweep_id}` retries them")
+
+
+def report(
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's rows (id or prefix)"),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="directory for report.html, report.md and PNGs"),
+    title: str = typer.Option("DLAS Lab report"),
+    db: Optional[Path] = DbOpt,
+) -> None:
+    """Write an HTML + Markdown report: heatmaps, Pareto plots, spreads and automatic observations."""
+    from .report import write_report
+    from .store import ResultStore
+    from .sweep.state import SweepNotFound, SweepState
+
+    store = ResultStore(db)
+    where = {}
+    if sweep:
+        try:
+            where = {"sweep_id": SweepState(store.path).get(sweep)["id"]}
+        except SweepNotFound as exc:
+            err.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(1)
+    rows = store.query(where, order="id ASC")
+    if not rows:
+        err.print("[bold red]error:[/] no results to report (run `dlas-host bench` or `dlas-host sweep run` first)")
+        raise typer.Exit(1)
+    result = write_report(rows, out_dir, title)
+    out.print(f"wrote {result.html_path} and {result.markdown_path}: {result.rows} rows, {result.figures} figures, "
+              f"{len(result.findings)} observations")
+    for f in result.findings:
+        out.print(f"  - {f.text}")
