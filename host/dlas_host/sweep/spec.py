@@ -163,7 +163,10 @@ def _devices(names: list[str], registry: Registry) -> list[str]:
         elif name.startswith("tag:"):
             out += [d.name for d in registry.select(tags=[name[4:]])]
         else:
-            out.append(registry.get(name).name)
+            try:
+                out.append(registry.get(name).name)
+            except ValueError as exc:
+                raise SweepSpecError(str(exc)) from None
     return list(dict.fromkeys(out))
 
 
@@ -200,8 +203,9 @@ def expand(spec: SweepSpec, registry: Registry, only_devices: list[str] | None =
         bad = set(raw) - set(DIM_KEYS)
         if bad:
             raise SweepSpecError(f"jobs: unknown dimension(s) {sorted(bad)}; known: {', '.join(DIM_KEYS)}")
+        defaults = {_GRID_TO_DIM[k]: v[0] for k, v in Grid().model_dump().items()}
         for device in _devices([raw.get("device", "local")], registry):
-            jobs.append(_normalise({**raw, "device": device}))
+            jobs.append(_normalise({**defaults, **raw, "device": device}))
     jobs = [j for j in dict.fromkeys(jobs) if not _excluded(j, spec.exclude)]
     if only_devices:
         jobs = [j for j in jobs if j.device in only_devices]
