@@ -209,6 +209,30 @@ def test_bench_x86_through_tunnel(env):
     assert store.count({"device": "sim-x86", "status": "ok"}) == 1
 
 
+def test_fleet_sweep_killed_and_resumed(env):
+    """A sweep over the simulated device (SSH tunnel) and the local agent, crashed mid-way and resumed."""
+    from collections import Counter
+
+    from sweeptools import cli, final_rows, run_interrupted
+
+    devfile = env["work"] / "devices-sweep.yaml"
+    local = "  local: {arch: x86_64, target: {kind: llvm, mcpu: native}, threads: 2, connection: {type: local}}\n"
+    devfile.write_text(env["devfile"].read_text() + local)
+    spec = env["work"] / "fleet-sweep.yaml"
+    spec.write_text("name: fleet\ngrid: {devices: [sim-x86, local], algorithms: [direct, spatial_pack]}\n"
+                    "run: {number: 1, repeat: 3, warmup: 0}\n")
+    db = env["work"] / "sweep.sqlite"
+    sweep_id = run_interrupted(spec, db, devfile, kill_after_rows=1)
+    before = final_rows(db)
+    assert 1 <= len(before) < 4
+    resumed = cli("sweep", "resume", sweep_id, "--db", str(db), "--devices", str(devfile))
+    assert resumed.returncode == 0, resumed.stderr
+    after = final_rows(db)
+    assert after[: len(before)] == before
+    ok = Counter(key for sid, key, st in after if sid == sweep_id and st == "ok")
+    assert len(ok) == 4 and set(ok.values()) == {1}, after
+
+
 # ------------------------------------------------------------------------------------------------ faults
 def _health(env, timeout_s=5.0):
     from dlas_host.fleet.health import health_check
