@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --system
 export PYTHONUNBUFFERED=1
+export PATH="$PWD/.venv/bin:$PATH"  # tools installed into the venv (hadolint) are found by the tests
 set +e
 .venv/bin/python -m pytest -ra "$@"
 rc=$?

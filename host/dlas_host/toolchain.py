@@ -174,9 +174,16 @@ def build_context(device: Device) -> Iterator[None]:
         yield
         return
     cuda_arch(device)
+    previous_mode = os.environ.get("TVM_CUDA_COMPILE_MODE")
     prepare_cuda_build()
-    with device.tvm_target():  # the nvcc callback reads the arch from the current target
-        yield
+    try:
+        with device.tvm_target():  # the nvcc callback reads the arch from the current target
+            yield
+    finally:  # nvcc mode only for this build: other CUDA builds in the process keep their own choice
+        if previous_mode is None:
+            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
+        else:
+            os.environ["TVM_CUDA_COMPILE_MODE"] = previous_mode
 
 
 def gpu_default_schedules(mod: Any, target: Any) -> Any:

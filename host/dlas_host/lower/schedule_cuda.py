@@ -15,9 +15,10 @@ from . import schedule_cpu as sc
 from .targets import TargetInfo
 
 THREADS = 128
+SHARED_LIMIT_BYTES = 48 * 1024  # static shared memory per block on every CUDA arch
 
 
-def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS, chunk: int = 8) -> None:
+def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS, chunk: int = 8, stage: bool = True) -> None:
     """Shared-memory tiled schedule for any project kernel.
 
     A thread block computes ``threads`` consecutive outputs (one per thread, accumulated in a register).
@@ -45,7 +46,7 @@ def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS, chunk: in
     sch.bind(tx, "threadIdx.x")
     local = sch.cache_write(anchor, 0, "local")
     sch.reverse_compute_at(local, tx, preserve_unit_loops=True)
-    if reduce:
+    if reduce and stage:
         ko, _ = sch.split(reduce[0], [None, min(chunk, sc.extent(sch, reduce[0]))])
         n_reads = len(sch.get(anchor).reads)
         for i in range(n_reads):
@@ -62,6 +63,20 @@ def schedule_anchor_gpu(sch: sc.Sched, anchor, threads: int = THREADS, chunk: in
         sch.bind(ft, "threadIdx.x")
 
 
+def shared_bytes(func: tirx.PrimFunc) -> int:
+    """Shared memory one block of ``func`` allocates once buffers are compacted, as the build will do."""
+    from tvm.s_tir import analysis as sa  # noqa: PLC0415
+    from tvm.s_tir import transform as st  # noqa: PLC0415
+
+    mod = tvm.IRModule({"main": func})
+    mod = tvm.transform.Sequential([st.LowerInitBlock(), st.PlanAndUpdateBufferAllocationLocation(),
+                                    st.ConvertBlocksToOpaque(), st.CompactBufferAllocation(),
+                                    st.LowerOpaqueBlock()])(mod)
+    sizes = sa.calculate_allocated_bytes(mod["main"])
+    sizes = sizes.get("main", sizes) if hasattr(sizes, "get") else sizes
+    return int(sizes.get("shared", 0)) if hasattr(sizes, "get") else 0
+
+
 def schedule_module_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     from tvm.s_tir import dlight as dl  # noqa: PLC0415
 
@@ -75,6 +90,9 @@ def schedule_module_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRM
             continue
         try:
             schedule_anchor_gpu(sch, anchor)
+            if shared_bytes(sch.mod["main"]) > SHARED_LIMIT_BYTES:  # staging too big: read global memory
+                sch = sc.Sched(func)
+                schedule_anchor_gpu(sch, sc.find_anchor(sch), stage=False)
             out[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         except Exception as exc:  # noqa: BLE001 - let dlight's fallback take it
             sc.UNFUSED_TAILS.append(f"gpu {gv.name_hint}: {str(exc).splitlines()[0][:200]}")
