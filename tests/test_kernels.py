@@ -191,7 +191,7 @@ def test_inject_sparsity():
 def test_sparse_hook(monkeypatch):
     w = np.ones((16, 8, 3, 3), np.float32)
     mod = conv_module((1, 8, 8, 8), w, np.zeros(16, np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1, "float32")
-    policy = LoweringPolicy(sparse_format="csr", sparsity=0.5)
+    policy = LoweringPolicy(sparse_format="csr", sparsity=0.5, sparse_min_sparsity=0.0)
     import dlas_host.lower as lower_pkg
 
     monkeypatch.setitem(sys.modules, "dlas_host.lower.sparse", None)
@@ -214,6 +214,12 @@ def test_sparse_hook(monkeypatch):
     lowered = lower(mod, CPU, policy)
     assert seen["fmt"] == "csr" and seen["block"] == policy.bsr_block and abs(seen["zeros"] - 0.5) < 0.01
     tvm.compile(lowered, target=CPU)
+    # Under the default threshold a 50 %-sparse layer stays on dense kernels (sparse only pays past ~70 %).
+    seen.clear()
+    lower(mod, CPU, LoweringPolicy(sparse_format="csr", sparsity=0.5))
+    assert not seen
+    lower(mod, CPU, LoweringPolicy(sparse_format="csr", sparsity=0.9))
+    assert abs(seen["zeros"] - 0.9) < 0.01
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])

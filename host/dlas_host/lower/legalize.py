@@ -143,12 +143,14 @@ class Dispatcher:
         pad = [int(p) for p in a.padding]
         g = ConvGeom(n, c, h, wd, w.shape[0], w.shape[2], w.shape[3], tuple(int(s) for s in a.strides),
                      (pad[0], pad[1], pad[2], pad[3]), tuple(int(d) for d in a.dilation), int(a.groups))
-        if self.policy.sparse_format != "dense":
-            self.log.append((name, self.policy.sparse_format))
-            return _sparse_module().emit_sparse_conv2d(
+        if self._sparse_pays(w):
+            out = _sparse_module().emit_sparse_conv2d(
                 bb, data, w, strides=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups,
                 data_layout=layout, out_dtype=out_dtype, fmt=self.policy.sparse_format,
                 block=self.policy.bsr_block, target=self.target)
+            if out is not None:  # None: the sparse kernels do not cover this layer (e.g. depthwise)
+                self.log.append((name, self.policy.sparse_format))
+                return out
         algo = self._algorithm(name, g.is_depthwise)
         # per layer, the graph between kernels is NCHW (NCHW/NCHWc policies) or NHWC; any kernel that
         # reads that layout may run (e.g. direct depthwise layers inside a spatial-pack NCHWc model)
@@ -207,6 +209,12 @@ class Dispatcher:
         return self._call(bb, conv_spatial_pack.spatial_pack_nchw, data, wp, g, out_dtype, info, ib, ob,
                           hint="dlas_conv_sp_nchwc")
 
+    def _sparse_pays(self, weight: np.ndarray) -> bool:
+        """Sparse kernels only where the layer is sparse enough to beat dense ones (per-layer choice)."""
+        if self.policy.sparse_format == "dense":
+            return False
+        return float(np.mean(weight == 0)) >= self.policy.sparse_min_sparsity
+
     # ---------------------------------------------------------------- matmul / linear
     def matmul(self, bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         x, wt = call.args
@@ -216,10 +224,12 @@ class Dispatcher:
                 and len(xshape) >= 1):
             return _default_legalize(bb, call)
         w_kn = inject_sparsity(wt.value.numpy(), self.policy.sparsity)
-        if self.policy.sparse_format != "dense":
-            return _sparse_module().emit_sparse_dense(
+        if self._sparse_pays(w_kn):
+            out = _sparse_module().emit_sparse_dense(
                 bb, x, np.ascontiguousarray(w_kn.T), fmt=self.policy.sparse_format, block=self.policy.bsr_block,
                 out_dtype=out_dtype, target=self.target)
+            if out is not None:
+                return out
         if self.policy.is_stock:
             new_call = relax.Call(call.op, [x, relax.const(w_kn)], call.attrs)
             return _default_legalize(bb, bb.normalize(new_call))

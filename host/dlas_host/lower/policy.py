@@ -29,6 +29,9 @@ class LoweringPolicy:
     # model is given (0 = keep the weights as they are).
     sparsity: float = 0.0
     bsr_block: tuple[int, int] = (4, 1)  # blocks over output channels reuse each loaded input vector
+    # Layers less sparse than this stay on dense kernels: sparse ones only win past the measured crossover
+    # (per-layer sweep: CSR/BSR beat dense from ~60-70 % zeros). 0 forces the sparse format everywhere.
+    sparse_min_sparsity: float = 0.7
     # Per-layer overrides: depthwise convolutions often want another algorithm than dense ones.
     depthwise_algorithm: str | None = "direct"
     # Extra per-layer overrides, {"conv2d_3": "gemm"} keyed by the layer's index name in the graph.
@@ -40,6 +43,8 @@ class LoweringPolicy:
         _check("sparse format", self.sparse_format, SPARSE_FORMATS)
         if self.depthwise_algorithm is not None:
             _check("depthwise algorithm", self.depthwise_algorithm, ALGORITHMS)
+        if not 0.0 <= self.sparse_min_sparsity <= 1.0:
+            raise PolicyError(f"sparse_min_sparsity must be in [0, 1], got {self.sparse_min_sparsity}")
         if not 0.0 <= self.sparsity < 1.0:
             raise PolicyError(f"sparsity must be in [0, 1), got {self.sparsity}")
         for _, algo in self.overrides:
