@@ -126,6 +126,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _own_session_dying_with_parent() -> None:
+    """In the child before exec: its own process group (stopped as a whole), killed if the host dies."""
+    os.setsid()
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux/glibc: stop() still cleans up on a normal exit
+        pass
+
+
 class LocalAgent:
     """An agent process on 127.0.0.1, started fresh for each job and stopped by its process group."""
 
@@ -144,7 +155,7 @@ class LocalAgent:
                "--threads", str(self.threads)]
         log = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                     start_new_session=True)
+                                     preexec_fn=_own_session_dying_with_parent)
         line = call_with_deadline(self.proc.stdout.readline, self.startup_s, "local agent start")  # type: ignore[union-attr]
         try:
             event = json.loads(line)
