@@ -141,3 +141,14 @@ def test_devices_check_local_agent():
     proc = cli("devices", "check", "local")
     assert proc.returncode == 0, proc.stderr
     assert "ok local: agent" in proc.stdout and "runtime-only" in proc.stdout
+
+
+def test_missing_layer_is_a_skipped_row_not_a_failure(local_device, store):
+    import importlib.util
+
+    if importlib.util.find_spec("dlas_host.tune") is not None:
+        pytest.skip("the tuning layer is installed: tuned builds are covered by its own tests")
+    spec = BuildSpec(model="resnet18", dataset="cifar10", tuning="tuned")
+    row = bench_tvm(spec, local_device, store, FAST)
+    assert row.status == "skipped" and "tuning layer" in row.error
+    assert store.query({"run_id": row.run_id})[0]["status"] == "skipped"

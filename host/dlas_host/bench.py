@@ -21,7 +21,7 @@ from dlas_agent.stats import summarize
 
 from . import __version__
 from .cache import ArtifactCache
-from .compile import BuildSpec, CompileError, build_torch_model, compile_artifact, example_inputs
+from .compile import BuildSpec, CapabilityMissing, CompileError, build_torch_model, compile_artifact, example_inputs
 from .devices import Device
 from .engines import ENGINES
 from .store import ResultRow, ResultStore
@@ -115,6 +115,8 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         if opts.check:
             progress("checking outputs against torch")
             row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
+    except CapabilityMissing as exc:
+        row.status, row.error = "skipped", str(exc)
     except (CompileError, ToolchainError, AgentError, OSError, ValueError) as exc:
         row.status, row.error = "error", str(exc)
         # Device and transport failures may pass (retry them); build failures will not.

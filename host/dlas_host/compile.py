@@ -28,6 +28,10 @@ class CompileError(RuntimeError):
     """The model could not be exported, lowered or built for the target."""
 
 
+class CapabilityMissing(CompileError):
+    """The build asks for a layer this installation does not have: the job is skipped, not failed."""
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     """What to build, independent of where it runs."""
@@ -165,7 +169,11 @@ def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None
     if spec.quantize and not spec.optimized_model:
         mod = quantize_for_build(model if model is not None else build_torch_model(spec), mod, spec)
     if spec.tuning == "tuned":
-        from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
+        try:
+            from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
+        except ImportError:
+            raise CapabilityMissing("tuned builds need the tuning layer (dlas_host.tune), which is not "
+                                    "installed here; use --tuning untuned") from None
 
         return tune_apply.build_tuned(mod, target, spec.policy)
     if not spec.policy.is_stock:
