@@ -99,6 +99,20 @@ def _column_type(f: Any) -> str:
 COLUMNS = [(f.name, _column_type(f)) for f in fields(ResultRow)]
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """A committed-on-success connection to the results database (WAL: readers never block the writer)."""
+    db = sqlite3.connect(path, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        yield db
+        db.commit()
+    finally:
+        db.close()
+
+
 def default_path() -> Path:
     return data_dir() / "results.sqlite"
 
@@ -110,17 +124,8 @@ class ResultStore:
         with self._connect() as db:
             self._migrate(db)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-            db.commit()
-        finally:
-            db.close()
+    def _connect(self):
+        return connect(self.path)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         cols = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)

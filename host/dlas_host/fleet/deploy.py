@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dlas_agent.runner import sha256_file
+
 from ..bundle import CPU_ONLY_REMOVE, RUNTIME_ONLY_REMOVE, build_bundle
 from ..devices import Device
 from ..transport import AgentError, Timeouts
@@ -220,16 +222,8 @@ true
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundle_manifest(bundle: Path) -> dict[str, str]:
-    return {p.name: _sha256(p) for p in sorted(bundle.glob("*.whl"))}
+    return {p.name: sha256_file(p) for p in sorted(bundle.glob("*.whl"))}
 
 
 def wheel_content_hash(path: Path) -> str:

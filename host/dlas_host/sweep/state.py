@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
+import platform
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from ..store import connect
 
 
 class SweepNotFound(LookupError):
@@ -22,16 +24,8 @@ class SweepState:
             db.execute("CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, name TEXT, spec TEXT, devices TEXT,"
                        " total INTEGER, status TEXT, created_at TEXT, updated_at TEXT, host TEXT, pid INTEGER)")
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            yield db
-            db.commit()
-        finally:
-            db.close()
+    def _db(self):
+        return connect(self.path)
 
     def create(self, name: str, spec: dict[str, Any], devices: list[str] | None, total: int) -> str:
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -39,7 +33,7 @@ class SweepState:
         with self._db() as db:
             db.execute("INSERT INTO sweeps VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                        (sweep_id, name, json.dumps(spec), json.dumps(devices), total, now, now,
-                        __import__("platform").node(), __import__("os").getpid()))
+                        platform.node(), os.getpid()))
         return sweep_id
 
     def get(self, sweep_id: str) -> dict[str, Any]:
@@ -55,7 +49,7 @@ class SweepState:
     def set_status(self, sweep_id: str, status: str) -> None:
         with self._db() as db:
             db.execute("UPDATE sweeps SET status = ?, updated_at = ?, pid = ? WHERE id = ?",
-                       (status, time.strftime("%Y-%m-%dT%H:%M:%S"), __import__("os").getpid(), sweep_id))
+                       (status, time.strftime("%Y-%m-%dT%H:%M:%S"), os.getpid(), sweep_id))
 
     def list(self) -> list[dict[str, Any]]:
         with self._db() as db:
