@@ -17,6 +17,7 @@ PROTOCOL_VERSION = 1
 FN_PING = "dlas.ping"
 FN_DEVICE_INFO = "dlas.device_info"
 FN_BENCHMARK = "dlas.benchmark"
+FN_TIME_KERNEL = "dlas.time_kernel"  # one tuning candidate (a single PrimFunc library)
 
 T = TypeVar("T", bound="Message")
 
@@ -129,4 +130,34 @@ class DeviceInfo(Message):
     agent_version: str = ""
     numpy_version: str = ""
     in_container: bool = False
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class KernelTimingRequest(Message):
+    """Time one tuning candidate: ``entry`` of an uploaded single-kernel library on random arguments.
+
+    The agent allocates the arguments itself (shapes and dtypes given), so tuning needs no data transfer
+    beyond the library; it deletes the library after timing. Timing follows TVM's time_evaluator.
+    """
+
+    artifact: str
+    sha256: str
+    args: list[dict[str, Any]]  # [{"shape": [...], "dtype": "float32"}, ...] in call order
+    device: str = "cpu"
+    device_id: int = 0
+    entry: str = "main"
+    number: int = 3
+    repeat: int = 1
+    min_repeat_ms: int = 40
+    cooldown_ms: int = 0
+    num_threads: int = 0
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class KernelTimingResult(Message):
+    ok: bool
+    run_secs: list[float] = field(default_factory=list)
+    error: str = ""
     protocol: int = PROTOCOL_VERSION

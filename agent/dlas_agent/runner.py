@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import devinfo
-from .protocol import BenchmarkRequest, BenchmarkResult
+from .protocol import BenchmarkRequest, BenchmarkResult, KernelTimingRequest, KernelTimingResult
 from .stats import summarize
 
 
@@ -47,18 +47,55 @@ def _flatten(value: Any) -> list[Any]:
     return out
 
 
+def checked_library(work_dir: Path, name: str, sha256: str) -> Path:
+    """The uploaded library ``name``, only if its content hashes to ``sha256``."""
+    lib_path = resolve(work_dir, name)
+    if not lib_path.is_file():
+        raise FileNotFoundError(f"artifact {name} was not uploaded")
+    actual = sha256_file(lib_path)
+    if actual != sha256:
+        raise ArtifactRejected(
+            f"artifact {name} has sha256 {actual[:16]}..., expected {sha256[:16]}...: refused to load"
+        )
+    return lib_path
+
+
+def _random_arg(rng: np.random.Generator, shape: list[int], dtype: str) -> np.ndarray:
+    if dtype.startswith(("int", "uint")):
+        return rng.integers(-8 if dtype.startswith("int") else 0, 8, size=shape).astype(dtype)
+    if dtype == "bfloat16":
+        import ml_dtypes  # noqa: PLC0415 - only bfloat16 kernels need it
+
+        return rng.standard_normal(shape, dtype="float32").astype(ml_dtypes.bfloat16)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def time_kernel(request: KernelTimingRequest, work_dir: Path) -> KernelTimingResult:
+    """Time one tuning candidate on the device (TVM time_evaluator semantics, as MetaSchedule's runners)."""
+    import tvm  # noqa: PLC0415
+
+    lib_path = checked_library(work_dir, request.artifact, request.sha256)
+    try:
+        if request.num_threads > 0:
+            tvm.get_global_func("runtime.config_threadpool")(1, request.num_threads)
+        lib = tvm.runtime.load_module(str(lib_path))
+        dev = tvm.device(request.device, request.device_id)
+        rng = np.random.default_rng(0)
+        args = [tvm.runtime.tensor(_random_arg(rng, list(a["shape"]), str(a["dtype"])), dev) for a in request.args]
+        timer = lib.time_evaluator(request.entry, dev, number=request.number, repeat=request.repeat,
+                                   min_repeat_ms=request.min_repeat_ms, cooldown_interval_ms=request.cooldown_ms)
+        dev.sync()
+        run_secs = [float(s) for s in timer(*args).results]
+    finally:
+        lib_path.unlink(missing_ok=True)
+    return KernelTimingResult(ok=True, run_secs=run_secs)
+
+
 def run_benchmark(request: BenchmarkRequest, work_dir: Path) -> BenchmarkResult:
     import tvm  # noqa: PLC0415 - the runtime import costs seconds; keep `dlas-agent --help` fast
     from tvm.runtime.vm import VirtualMachine
 
-    lib_path = resolve(work_dir, request.artifact)
-    if not lib_path.is_file():
-        raise FileNotFoundError(f"artifact {request.artifact} was not uploaded")
-    actual = sha256_file(lib_path)
-    if actual != request.sha256:
-        raise ArtifactRejected(
-            f"artifact {request.artifact} has sha256 {actual[:16]}..., expected {request.sha256[:16]}...: refused to load"
-        )
+    lib_path = checked_library(work_dir, request.artifact, request.sha256)
     if request.num_threads > 0:
         tvm.get_global_func("runtime.config_threadpool")(1, request.num_threads)
 

@@ -15,9 +15,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__, devinfo
-from .protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, PROTOCOL_VERSION, BenchmarkRequest,
-                       BenchmarkResult, ProtocolError)
-from .runner import ArtifactRejected, run_benchmark
+from .protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, FN_TIME_KERNEL, PROTOCOL_VERSION, BenchmarkRequest,
+                       BenchmarkResult, KernelTimingRequest, KernelTimingResult, ProtocolError)
+from .runner import ArtifactRejected, run_benchmark, time_kernel
 
 log = logging.getLogger("dlas_agent")
 
@@ -28,19 +28,27 @@ def _work_dir() -> Path:
     return Path(tvm.get_global_func("tvm.rpc.server.workpath")("probe")).parent
 
 
-def handle_benchmark(request_json: str) -> str:
+def _handle(request_type, result_type, run, request_json: str) -> str:
     """Never raises across the RPC boundary: failures come back as ``ok=False`` with a one-line reason."""
     try:
-        request = BenchmarkRequest.from_json(request_json)
+        request = request_type.from_json(request_json)
         if request.protocol != PROTOCOL_VERSION:
             raise ProtocolError(f"host speaks protocol {request.protocol}, agent speaks {PROTOCOL_VERSION}")
-        return run_benchmark(request, _work_dir()).to_json()
+        return run(request, _work_dir()).to_json()
     except (ArtifactRejected, ProtocolError, FileNotFoundError, ValueError) as exc:
-        return BenchmarkResult(ok=False, error=str(exc)).to_json()
+        return result_type(ok=False, error=str(exc)).to_json()
     except Exception as exc:  # noqa: BLE001 - any runtime failure is reported to the host, with its cause
-        log.error("benchmark failed: %s", traceback.format_exc())
+        log.error("%s failed: %s", run.__name__, traceback.format_exc())
         first = str(exc).strip().splitlines()
-        return BenchmarkResult(ok=False, error=f"{type(exc).__name__}: {first[-1] if first else ''}").to_json()
+        return result_type(ok=False, error=f"{type(exc).__name__}: {first[-1] if first else ''}").to_json()
+
+
+def handle_benchmark(request_json: str) -> str:
+    return _handle(BenchmarkRequest, BenchmarkResult, run_benchmark, request_json)
+
+
+def handle_time_kernel(request_json: str) -> str:
+    return _handle(KernelTimingRequest, KernelTimingResult, time_kernel, request_json)
 
 
 def register_functions() -> None:
@@ -50,6 +58,7 @@ def register_functions() -> None:
                                                                "pid": os.getpid()}), override=True)
     tvm_ffi.register_global_func(FN_DEVICE_INFO, lambda: devinfo.collect().to_json(), override=True)
     tvm_ffi.register_global_func(FN_BENCHMARK, handle_benchmark, override=True)
+    tvm_ffi.register_global_func(FN_TIME_KERNEL, handle_time_kernel, override=True)
 
 
 def serve(host: str = "127.0.0.1", port: int = 9190, port_end: int = 9290, tracker: str | None = None,

@@ -142,6 +142,29 @@ def import_relax(model: Any, inputs: list[np.ndarray]) -> Any:
         raise CompileError(f"cannot import model into TVM Relax: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
+def relax_module_for(spec: BuildSpec) -> tuple[Any, Any]:
+    """(torch model, Relax module) of a spec: imported from the zoo, or a stored optimized model's own."""
+    try:
+        model = build_torch_model(spec)
+        if spec.optimized_model:
+            from .optimize import modelstore  # noqa: PLC0415 - a stored model carries its own quantization
+
+            return model, modelstore.relax_module(spec.optimized_model, spec.batch)
+        return model, import_relax(model, example_inputs(spec))
+    except LookupError as exc:  # an unknown or unreadable stored model
+        raise CompileError(str(exc).strip("'\"")) from None
+
+
+def tuning_digest(device: Device) -> str | None:
+    """Hash of the device target's tuning records (a tuned artifact is rebuilt when they change)."""
+    try:
+        from .tune import tuning_target  # noqa: PLC0415 - optional layer
+        from .tune.records import TuningRecords  # noqa: PLC0415
+    except ImportError:
+        return None
+    return TuningRecords(tuning_target(device.tvm_target(), device.threads)).digest()
+
+
 def build_key(spec: BuildSpec, device: Device) -> str:
     import tvm  # noqa: PLC0415
 
@@ -158,6 +181,7 @@ def build_key(spec: BuildSpec, device: Device) -> str:
         "tvm": tvm.__version__,
         "dlas": __version__,
         "code": code_fingerprint(),
+        "tuning_records": tuning_digest(device) if spec.tuning == "tuned" else None,
     })
 
 
@@ -175,7 +199,7 @@ def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None
             raise CapabilityMissing("tuned builds need the tuning layer (dlas_host.tune), which is not "
                                     "installed here; use --tuning untuned") from None
 
-        return tune_apply.build_tuned(mod, target, spec.policy)
+        return tune_apply.build_tuned(mod, device, spec.policy)
     if not spec.policy.is_stock:
         from . import lower  # noqa: PLC0415
 
@@ -198,16 +222,7 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
             return _artifact(spec, device, hit, cached=True)
     t0 = time.perf_counter()
     inputs = example_inputs(spec)
-    try:
-        model = build_torch_model(spec)
-        if spec.optimized_model:
-            from .optimize import modelstore  # noqa: PLC0415 - a stored model carries its own quantization
-
-            mod = modelstore.relax_module(spec.optimized_model, spec.batch)
-        else:
-            mod = import_relax(model, inputs)
-    except LookupError as exc:  # an unknown or unreadable stored model
-        raise CompileError(str(exc).strip("'\"")) from None
+    model, mod = relax_module_for(spec)
     try:
         with build_context(device):  # CUDA: nvcc device code for the target's sm_XX
             executable = lower_and_build(mod, spec, device, model)

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, BenchmarkRequest, BenchmarkResult,
-                                 DeviceInfo)
+from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, FN_TIME_KERNEL, BenchmarkRequest,
+                                 BenchmarkResult, DeviceInfo, KernelTimingRequest, KernelTimingResult)
 
 from .devices import Device
 
@@ -118,6 +118,19 @@ class AgentClient:
                 with np.load(path) as npz_out:
                     outputs = [npz_out[f"out{i}"] for i in range(len(npz_out.files))]
         return result, outputs
+
+
+    def time_kernel(self, library: Path, sha256: str, args: list[dict[str, Any]], *, number: int = 3,
+                    repeat: int = 1, min_repeat_ms: int = 40, num_threads: int = 0,
+                    run_timeout_s: float | None = None) -> KernelTimingResult:
+        """Upload one tuning candidate and time it on the device (the agent deletes it afterwards)."""
+        lib_name = f"k{sha256[:16]}.so"
+        self.upload(library, lib_name)
+        request = KernelTimingRequest(artifact=lib_name, sha256=sha256, args=args, device=self.device.runtime_device,
+                                      number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                                      num_threads=num_threads)
+        text = self._call(FN_TIME_KERNEL, request.to_json(), timeout=run_timeout_s or self.timeouts.run_s)
+        return KernelTimingResult.from_json(text)
 
 
 def _free_port() -> int:

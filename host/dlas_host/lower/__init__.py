@@ -98,8 +98,13 @@ def _scheduled(func: tirx.PrimFunc) -> bool:
     return func.attrs is not None and "tirx.is_scheduled" in func.attrs and bool(func.attrs["tirx.is_scheduled"])
 
 
-def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: list | None = None) -> tvm.IRModule:
-    """Legalize, fuse and schedule ``mod`` for ``target`` following ``policy`` (see module docstring)."""
+def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: list | None = None,
+          schedule: bool = True) -> tvm.IRModule:
+    """Legalize, fuse and schedule ``mod`` for ``target`` following ``policy`` (see module docstring).
+
+    ``schedule=False`` stops after fusion: the PrimFuncs are the tuning tasks MetaSchedule searches
+    (``dlas_host.tune``), exactly as the untuned build would compile them.
+    """
     target = _as_target(target)
     _check_policy(policy)
     info = target_info(target)
@@ -120,7 +125,8 @@ def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: 
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
-        mod = schedule_module(mod, target)
+        if schedule:
+            mod = schedule_module(mod, target)
     if dispatcher_out is not None:
         dispatcher_out.extend(dispatcher.log)
     return mod

@@ -74,7 +74,7 @@ def schedule_direct_nchw(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     ob, vw = sc.ann_int(sch, anchor, "dlas_ob"), sc.ann_int(sch, anchor, "dlas_vw")
     n, o, y, x, rc, ry, rx = sch.get_loops(anchor)
     oo, oi = sch.split(o, [None, ob])
-    xo, xi = sch.split(x, [None, vw])
+    xo, xi = sc.register_tile(sch, x, vw)
     sch.reorder(n, oo, y, xo, rc, ry, rx, oi, xi)
     fused = sc.fuse_epilogue(sch, anchor, xo, None, lanes)
     sc.schedule_producers(sch, anchor, lanes)
@@ -93,7 +93,7 @@ def schedule_direct_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     oc, rb = sc.ann_int(sch, anchor, "dlas_oc"), sc.ann_int(sch, anchor, "dlas_rb")
     n, y, x, o, ry, rx, rc = sch.get_loops(anchor)
     oo, oi = sch.split(o, [None, oc])
-    xo, xi = sch.split(x, [None, rb])
+    xo, xi = sc.register_tile(sch, x, rb)
     # channel block outside the column blocks: its weight slice stays in cache across the row
     sch.reorder(n, y, oo, xo, ry, rx, rc, xi, oi)
     fused = sc.fuse_epilogue(sch, anchor, xo, None, lanes)

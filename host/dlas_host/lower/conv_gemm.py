@@ -81,7 +81,7 @@ def schedule_gemm_nchw(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     n, o, y, x, rk = sch.get_loops(anchor)
     oo, oi = sch.split(o, [None, ob])
     p = sch.fuse(y, x)
-    po, pi = sch.split(p, [None, vp])
+    po, pi = sc.register_tile(sch, p, vp)
     sch.reorder(n, oo, po, rk, oi, pi)
     # the tail is indexed (y, x): compute it per channel block, over the whole image
     fused = sc.fuse_epilogue(sch, anchor, oo, None, lanes)
@@ -101,7 +101,7 @@ def schedule_gemm_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     oc, rb = sc.ann_int(sch, anchor, "dlas_oc"), sc.ann_int(sch, anchor, "dlas_rb")
     n, y, x, o, rk = sch.get_loops(anchor)
     oo, oi = sch.split(o, [None, oc])
-    xo, xi = sch.split(x, [None, rb])
+    xo, xi = sc.register_tile(sch, x, rb)
     sch.reorder(n, y, oo, xo, rk, xi, oi)
     fused = sc.fuse_epilogue(sch, anchor, xo, None, lanes)
     sc.schedule_producers(sch, anchor, lanes)

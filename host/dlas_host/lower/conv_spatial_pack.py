@@ -72,7 +72,7 @@ def schedule_spatial_pack(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     rb = sc.ann_int(sch, anchor, "dlas_rb")
     n, oc, y, x, oi, rco, ry, rx, rci = sch.get_loops(anchor)
     ob = sc.extent(sch, oi)
-    xo, xi = sch.split(x, [None, rb])
+    xo, xi = sc.register_tile(sch, x, rb)
     sch.reorder(n, oc, y, xo, rco, ry, rx, rci, xi, oi)
     fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True)
     sc.schedule_producers(sch, anchor, lanes)

@@ -195,7 +195,7 @@ def schedule_conv_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     dot = str(sc.annotations(sch, anchor)["dlas_dot"])
     n, oc, y, x, oi, rco, ry, rx, rci = sch.get_loops(anchor)
     ob = sc.extent(sch, oi)
-    xo, xi = sch.split(x, [None, rb])
+    xo, xi = sc.register_tile(sch, x, rb)
     sch.reorder(n, oc, y, xo, rco, ry, rx, xi, oi, rci)
     fused = sc.fuse_epilogue(sch, anchor, xo, nchwc_remap(ob), lanes, swap_inner=True, local=False)
     sc.schedule_producers(sch, anchor, lanes)

@@ -10,6 +10,7 @@ spatial loops, vectorize the innermost one.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Callable
 
 from tvm import s_tir, tirx
@@ -20,6 +21,22 @@ Sched = s_tir.Schedule
 
 UNFUSED_TAILS: list[str] = []
 """Anchors whose elementwise tail could not be computed at the register tile (diagnostics, tests)."""
+
+
+SAMPLING: ContextVar[bool] = ContextVar("dlas_schedule_sampling", default=False)
+"""True while ``dlas_host.tune`` generates its design space: register tiles become sampled decisions."""
+
+
+def register_tile(sch: Sched, loop, default: int) -> list:
+    """Split ``loop`` into (outer, register tile): ``default`` wide, or a MetaSchedule-sampled exact tile.
+
+    The register tile is each kernel's main knob (columns kept in registers across the reduction); the
+    tuner's mutators change it and its cost model learns which widths pay on the device.
+    """
+    if SAMPLING.get():
+        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(16, default))
+        return list(sch.split(loop, factors))
+    return list(sch.split(loop, [None, default]))
 
 
 def root_blocks(sch: Sched) -> list:
@@ -220,12 +237,17 @@ def _registry() -> dict[str, Callable]:
     return reg
 
 
-def schedule_func(func: tirx.PrimFunc, info: TargetInfo) -> tirx.PrimFunc:
-    sch = Sched(func)
+def apply_schedule(sch: Sched, info: TargetInfo) -> None:
+    """Schedule the function held by ``sch`` in place (its trace is the tuner's default record)."""
     anchor = find_anchor(sch)
     if anchor is None:
         schedule_generic(sch, info)
-        return sch.mod["main"]
+        return
     kind = str(annotations(sch, anchor)["dlas_sched"])
     _registry()[kind](sch, anchor, info)
+
+
+def schedule_func(func: tirx.PrimFunc, info: TargetInfo) -> tirx.PrimFunc:
+    sch = Sched(func)
+    apply_schedule(sch, info)
     return sch.mod["main"]
