@@ -370,10 +370,13 @@ def doctor() -> None:
 def _register_subcommands() -> None:
     from .cli_optimize import optimize
     from .cli_sweep import report, sweep_app
+    from .cli_tune import tune, tune_db_app
 
     app.add_typer(sweep_app, name="sweep")
     app.command("report")(report)
     app.command("optimize")(optimize)
+    app.command("tune")(tune)
+    app.add_typer(tune_db_app, name="tune-db")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import tarfile
 import tempfile
@@ -50,6 +51,12 @@ def target_id(target: Any) -> str:
 
 
 def default_root() -> Path:
+    """``$DLAS_TUNING_DIR`` if set (records shared between checkouts or hosts), else ``<data dir>/tuning``."""
+    env = os.environ.get("DLAS_TUNING_DIR")
+    if env:
+        path = Path(env).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     return paths.sub_dir("tuning")
 
 
