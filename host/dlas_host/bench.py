@@ -139,7 +139,7 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
     else:
         progress(f"timing {engine} in a fresh process")
         try:
-            samples, outputs = run_engine_process(engine, spec, device.threads, opts)
+            samples, outputs = run_engine_process(engine, spec, device.threads, opts, device=device.runtime_device)
             row.set_stats(summarize(samples))
             if opts.check:
                 row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
@@ -155,11 +155,11 @@ class EngineSkipped(RuntimeError):
     pass
 
 
-def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOptions,
-                       timeout_s: float = 1800) -> tuple[list[float], list[np.ndarray]]:
+def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOptions, timeout_s: float = 1800,
+                       device: str = "cpu") -> tuple[list[float], list[np.ndarray]]:
     payload = spec.to_dict()
     payload["_run"] = {"threads": threads, "number": opts.number, "repeat": opts.repeat, "warmup": opts.warmup}
-    env = dict(os.environ)
+    env = dict(os.environ, DLAS_ENGINE_DEVICE=device)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,8 @@ spinning threads make other engines in the same process look slower).
 
 ENGINES = {
     "torch": "dlas_host.engines.torch_eager",
+    "onnxruntime": "dlas_host.engines.onnx_runtime",
+    "torch_compile": "dlas_host.engines.torch_compiled",
 }
 
 
