@@ -89,6 +89,35 @@ def make_pruned_model(model: str, dataset: str, pruning: str) -> str:
     return entry.id
 
 
+# ------------------------------------------------------------------------------------------------ tune phase
+def tune_phase(jobs: list[Job], model_ids: dict[str, str], registry: Registry, trials: int,
+               log: Callable[[str], None], progress: Progress | None) -> int:
+    """Tune each distinct (model as built, device) of the tuned jobs up to ``trials`` before compiling.
+
+    Records are per target, so a re-run (or ``sweep resume``) finds the budget spent and moves on; a
+    tuning failure is logged and its tuned jobs become skipped rows naming the reason at build time.
+    """
+    from ..tune.tuner import Tuner, TuneOptions  # noqa: PLC0415
+
+    distinct: dict[str, tuple[BuildSpec, Any]] = {}
+    for job in jobs:
+        if job.system != "tvm" or job.tuning != "tuned" or (job.pruning != "none" and prune_key(job) not in model_ids):
+            continue
+        spec = build_spec(job, model_ids)
+        distinct.setdefault(f"{spec.describe()}|{job.device}", (spec, registry.get(job.device)))
+    task = progress.add_task("tune (distinct models x devices)", total=len(distinct)) if progress else None
+    for spec, device in distinct.values():
+        try:
+            report = Tuner(spec, [device], TuneOptions(trials=trials)).run()
+            log(f"tuned {spec.model}/{spec.dataset} on {device.name}: {report.trials_run} new trials, kernels "
+                f"{report.untuned_ms:.2f} -> {report.tuned_ms:.2f} ms" + (f" ({report.stopped})" if report.stopped else ""))
+        except Exception as exc:  # noqa: BLE001 - the tuned jobs record the consequence
+            log(f"[yellow]tuning failed[/] {spec.model}/{spec.dataset} on {device.name}: {str(exc).splitlines()[0][:200]}")
+        if progress:
+            progress.advance(task)
+    return len(distinct)
+
+
 # ------------------------------------------------------------------------------------------------ compile phase
 def _compile_one(spec_dict: dict[str, Any], devices_file: str, device_name: str) -> tuple[str, str]:
     """Worker: build into the shared cache. Returns (device, error or '')."""
@@ -249,6 +278,8 @@ def run_sweep(sweep_id: str, registry: Registry, store: ResultStore, executor: s
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
         model_ids, model_errors = prepare_pruned_models(pending, log)
+        if spec.run.tune_trials > 0:
+            tune_phase(pending, model_ids, registry, spec.run.tune_trials, log, progress)
         compile_phase(pending, model_ids, registry, executor, log, progress)
         by_device: dict[str, list[dict[str, Any]]] = {}
         for job in pending:

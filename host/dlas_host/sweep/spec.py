@@ -33,6 +33,7 @@ class RunSettings(BaseModel):
     retries: int = Field(2, ge=0)  # extra attempts after a transient (device/transport) failure
     quarantine_after: int = Field(3, ge=1)  # consecutive failed jobs that take a device out of the sweep
     calib_samples: int = Field(64, ge=1)
+    tune_trials: int = Field(0, ge=0)  # > 0: tune every tuned job's model on its device first (dlas-host tune)
 
 
 class Grid(BaseModel):

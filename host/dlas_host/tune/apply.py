@@ -18,16 +18,28 @@ log = logging.getLogger(__name__)
 
 
 def apply_records(lowered: tvm.IRModule, target: Any, records: TuningRecords) -> tuple[tvm.IRModule, int, int]:
-    """Replace each PrimFunc that has a record by its best schedule; returns (module, tuned, total)."""
+    """Replace each PrimFunc that has a record by its best schedule; returns (module, from records, total).
+
+    A task whose best record lost to the default schedule when the tuner re-measured both keeps its
+    default schedule (the record's win was measurement noise).
+    """
+    import tvm_ffi  # noqa: PLC0415
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod  # noqa: PLC0415
+
     database = records.database()
     with target, database:
         applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
+    keep_default = records.keep_default()
     total = tuned = 0
-    for gv, func in applied.functions_items():
-        if isinstance(func, tirx.PrimFunc):
-            total += 1
-            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-                tuned += 1
+    for gv, func in list(applied.functions_items()):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        total += 1
+        if func.attrs is None or "tirx.is_scheduled" not in func.attrs:
+            continue
+        if str(tvm_ffi.structural_hash(_normalize_mod(lowered[gv]))) in keep_default:
+            applied[gv] = lowered[gv]  # scheduled by default below
+        tuned += 1
     return applied, tuned, total
 
 

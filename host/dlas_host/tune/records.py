@@ -146,6 +146,17 @@ class TuningRecords:
         entry["exhausted"] = sorted(set(entry.get("exhausted", [])) | {space})
         self._write_defaults(data)
 
+    def set_choice(self, workload_key: str, choice: str, default_s: float, tuned_s: float) -> None:
+        """Record the validated winner of a task ("tuned" or "default"): tuned builds follow it."""
+        data = self.defaults()
+        entry = data.setdefault(workload_key, {})
+        entry.update(choice=choice, validated_default_s=default_s, validated_tuned_s=tuned_s)
+        self._write_defaults(data)
+
+    def keep_default(self) -> set[str]:
+        """Tasks whose best record did not beat the default schedule when re-measured."""
+        return {k for k, v in self.defaults().items() if v.get("choice") == "default"}
+
     def _write_defaults(self, data: dict) -> None:
         tmp = self.dir / f".{DEFAULTS}.tmp"
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
