@@ -138,12 +138,17 @@ def extract(spec: BuildSpec, target: Any) -> list[TaskState]:
 def allocate(tasks: list[TaskState], trials: int, batch: int) -> None:
     """Whole batches per task, proportional to its share of the untuned latency (largest remainder)."""
     units = max(0, trials // batch)
-    total = sum(t.share_s for t in tasks)
+    measured = any(t.default_s for t in tasks)
+
+    def share(t: TaskState) -> float:  # no default measured (GPU targets): by weight alone
+        return t.share_s if measured else float(t.weight)
+
+    total = sum(share(t) for t in tasks)
     for t in tasks:
         t.alloc = 0
     if units == 0 or total <= 0:
         return
-    raw = [(units * t.share_s / total, t) for t in tasks]
+    raw = [(units * share(t) / total, t) for t in tasks]
     given = 0
     for r, t in raw:
         t.alloc = int(math.floor(r)) * batch
