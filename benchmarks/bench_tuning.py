@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="24,64,128")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--space", default="dlas")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating untuned/tuned re-timings at the end")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tuning.md")
     args = parser.parse_args()
@@ -75,7 +76,17 @@ def main() -> None:
             curve.append((trials, tuning_s, row))
         curves[case] = curve
         bases[case] = base
-        sections.append(_section(case, base, untuned, curve))
+        # Drift check: the machine's speed wanders over minutes; re-time untuned and the final tuned build
+        # alternately (the cached artifacts, fresh agents) so their ratio is measured side by side.
+        final = BuildSpec(model, dataset, tuning="tuned")
+        pairs = []
+        for _ in range(args.rounds):
+            u = bench_tvm(spec, device, store, opts)
+            t = bench_tvm(final, device, store, opts)
+            if u.status == t.status == "ok":
+                pairs.append((u.median_ms, t.median_ms))
+        sections.append(_section(case, base, untuned, curve, pairs))
+        log(f"{case} alternating untuned/tuned: {pairs}")
     lines = [f"# Tuning (MetaSchedule over the agent's RPC) vs framework baselines ({device.threads} threads, batch 1)",
              "", f"Command: `{command}`  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Every number from this one run: "
@@ -97,7 +108,7 @@ def _ms(row) -> str:
     return f"{row.median_ms:.2f}" if row.status == "ok" and row.median_ms is not None else f"{row.status}"
 
 
-def _section(case: str, base: dict, untuned, curve: list) -> list[str]:
+def _section(case: str, base: dict, untuned, curve: list, pairs: list) -> list[str]:
     torch_ms = base["torch"].median_ms if base["torch"].status == "ok" else None
     ort = base.get("onnxruntime")
     ort_ms = ort.median_ms if ort is not None and ort.status == "ok" else None
@@ -108,9 +119,12 @@ def _section(case: str, base: dict, untuned, curve: list) -> list[str]:
         return f"{ref / row.median_ms:.2f}x" if ref and row.status == "ok" and row.median_ms else "-"
 
     for engine, row in base.items():
-        lines.append(f"| {engine} | | | {_ms(row)} | {row.iqr_ms or 0:.2f} | {ratio(torch_ms, row)} | {ratio(ort_ms, row)} | "
-                     f"{row.max_abs_err if row.max_abs_err is not None else '-'} |" if row.status == "ok" else
-                     f"| {engine} | | | {row.status}: {row.error[:60]} | | | | |")
+        if row.status != "ok":
+            lines.append(f"| {engine} | | | {row.status}: {row.error[:60]} | | | | |")
+            continue
+        err = f"{row.max_abs_err:.1e}" if row.max_abs_err is not None else "-"
+        lines.append(f"| {engine} | | | {_ms(row)} | {row.iqr_ms or 0:.2f} | {ratio(torch_ms, row)} | "
+                     f"{ratio(ort_ms, row)} | {err} |")
     for trials, secs, row in curve:
         name = "TVM untuned (project schedules)" if trials == 0 else "TVM tuned"
         err = f"{row.max_abs_err:.1e}" if row.max_abs_err is not None else "-"
@@ -121,6 +135,14 @@ def _section(case: str, base: dict, untuned, curve: list) -> list[str]:
         lines += ["", f"Best TVM: {best.median_ms:.2f} ms ({untuned.median_ms / best.median_ms:.2f}x over untuned"
                   + (f", {torch_ms / best.median_ms:.2f}x over torch eager" if torch_ms else "")
                   + (f", {ort_ms / best.median_ms:.2f}x of onnxruntime's speed" if ort_ms else "") + ")."]
+    if pairs:
+        import statistics
+
+        u = statistics.median(p[0] for p in pairs)
+        t = statistics.median(p[1] for p in pairs)
+        lines += ["", f"Re-timed alternately at the end ({len(pairs)} rounds of untuned then tuned, each a fresh "
+                  f"agent): untuned {u:.2f} ms, tuned {t:.2f} ms, tuned/untuned speedup {u / t:.3f}x "
+                  f"(per round: {', '.join(f'{a / b:.3f}x' for a, b in pairs)})."]
     return lines + [""]
 
 
