@@ -143,12 +143,9 @@ def test_devices_check_local_agent():
     assert "ok local: agent" in proc.stdout and "runtime-only" in proc.stdout
 
 
-def test_missing_layer_is_a_skipped_row_not_a_failure(local_device, store):
-    import importlib.util
-
-    if importlib.util.find_spec("dlas_host.tune") is not None:
-        pytest.skip("the tuning layer is installed: tuned builds are covered by its own tests")
+def test_missing_capability_is_a_stored_skipped_row_not_a_failure(local_device, store, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLAS_TUNING_DIR", str(tmp_path / "no-records"))  # tuned, but nothing tuned yet
     spec = BuildSpec(model="resnet18", dataset="cifar10", tuning="tuned")
     row = bench_tvm(spec, local_device, store, FAST)
-    assert row.status == "skipped" and "tuning layer" in row.error
+    assert row.status == "skipped" and "no tuning records" in row.error
     assert store.query({"run_id": row.run_id})[0]["status"] == "skipped"
