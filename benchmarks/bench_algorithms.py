@@ -20,7 +20,7 @@ from pathlib import Path
 THREADS = 2
 ENGINES = ["torch", "direct/NCHW", "direct/NHWC", "gemm/NCHW", "gemm/NHWC", "spatial_pack/NCHWc"]
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": THREADS}
+TARGET = {"kind": "llvm", "mcpu": "native", "num-cores": THREADS}  # resolved by dlas_host.devices.build_target
 
 
 def _median_ms(fn, number: int = 3, repeat: int = 10) -> float:
@@ -60,10 +60,11 @@ def worker_model(model_name: str, size: int, engine: str) -> dict:
     import tvm.relax.frontend.torch  # noqa: F401
     from tvm import relax
 
+    from dlas_host.devices import build_target
     from dlas_host.lower import LoweringPolicy, lower
 
     algo, layout = engine.split("/")
-    target = tvm.target.Target(TARGET)
+    target = build_target(TARGET)
     mod = relax.frontend.torch.from_exported_program(torch.export.export(model, (x,)), keep_params_as_input=False)
     t0 = time.perf_counter()
     mod = lower(mod, target, LoweringPolicy(algorithm=algo, layout=layout))  # depthwise: policy default (direct)
@@ -105,9 +106,10 @@ def worker_int8(size: int, algo: str) -> dict:
     import tvm
     from tvm import relax
 
+    from dlas_host.devices import build_target
     from dlas_host.lower import LoweringPolicy, lower
 
-    target = tvm.target.Target(TARGET)
+    target = build_target(TARGET)
     rng = np.random.default_rng(0)
     rows = []
     for c, h, w, o, k, s, p in _conv_layers(size):

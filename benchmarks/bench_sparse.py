@@ -1,6 +1,6 @@
 """Per-layer sparse sweep: dense vs CSR vs BSR kernels vs torch eager, 0-95 % sparsity.
 
-Run:  cd /work/wt/sparse && TVM_NUM_THREADS=2 PYTHONPATH=host:agent python benchmarks/bench_sparse.py
+Run:  TVM_NUM_THREADS=2 python benchmarks/bench_sparse.py [--quick]
 Writes benchmarks/results/sparse.md. CSR weights are pruned unstructured (random); BSR weights
 are pruned in whole blocks of the BSR block shape (the pattern block pruning produces), so both
 store about (1 - sparsity) of the weights.
@@ -22,6 +22,8 @@ import torch  # noqa: E402
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
+from dlas_agent.devinfo import collect as device_info
+from dlas_host.devices import build_target
 from dlas_host.lower.sparse import conv_weight_matrix, emit_sparse_conv2d, emit_sparse_dense
 from dlas_host.lower.sparse_baseline import emit_dense_conv2d, emit_dense_dense
 from dlas_host.lower.sparse_formats import prune_blocks, prune_random
@@ -95,6 +97,10 @@ def emitter(kind: str, w: np.ndarray, stride: int, pad: int, fmt: str, block):
     return lambda bb, x: emit_sparse_dense(bb, x, w, fmt=fmt, block=block, out_dtype="float32")
 
 
+def cpu_model() -> str:
+    return device_info().cpu_model or "unknown CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first and last layer, 3 sparsities")
@@ -102,8 +108,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sparse.md"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("TVM_NUM_THREADS", "2")))
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4",
-                                "num-cores": torch.get_num_threads()})
+    target = build_target({"kind": "llvm", "mcpu": "native", "num-cores": torch.get_num_threads()})
     layers = [LAYERS[0], LAYERS[-1]] if args.quick else LAYERS
     sps = (0.0, 0.7, 0.9) if args.quick else SPARSITIES
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.bsr.split(",")]
@@ -147,9 +152,9 @@ def write_md(rows: list[dict], path: str, argv: str) -> None:
     lines = [
         "# Sparse kernels: per-layer sweep",
         "",
-        f"Command: `cd /work/wt/sparse && TVM_NUM_THREADS=2 PYTHONPATH=host:agent python benchmarks/bench_sparse.py {argv}`".rstrip() + "",
+        f"Command: `TVM_NUM_THREADS=2 python benchmarks/bench_sparse.py {argv}`".rstrip() + "",
         "",
-        f"Machine: 2 Zen4 cores (shared, noisy), float32, batch 1, TVM {tvm.__version__}, torch {torch.__version__} "
+        f"Machine: {torch.get_num_threads()} threads of {cpu_model()} (shared, noisy), float32, batch 1, TVM {tvm.__version__}, torch {torch.__version__} "
         "(2 threads, OMP_WAIT_POLICY=PASSIVE). Times in ms: best of 9 interleaved rounds of ~30 ms "
         "of calls each (VM call overhead included). `dense` = our direct conv / GEMV with the same tiling "
         "(weights as runtime constants); `torch` = F.conv2d / F.linear eager on the dense weight. "

@@ -15,9 +15,10 @@ import torch
 import tvm
 from tvm import relax
 
+from dlas_host.devices import build_target
 from dlas_host.lower import LoweringPolicy, PolicyError, inject_sparsity, lower
 
-CPU = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+CPU = build_target({"kind": "llvm", "mcpu": "native", "num-cores": 2})  # this machine's SIMD width
 TOL = {"float32": 1e-4, "float16": 3e-2, "bfloat16": 1.5e-1, "int8": 0}
 NP = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "int8": np.int8}
 
