@@ -166,9 +166,11 @@ def main() -> None:
         print(json.dumps(res))
         return
 
+    from dlas_host.devices import resolve_target_dict
+
     cmd = "PYTHONPATH=host:agent python benchmarks/bench_algorithms.py " + " ".join(sys.argv[1:])
     lines = [f"# Convolution algorithms: whole-model latency (batch 1, {THREADS} threads, {a.size}x{a.size})", "",
-             f"Command: `{cmd.strip()}`  ", f"Target: `{json.dumps(TARGET)}`; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
+             f"Command: `{cmd.strip()}`  ", f"Target: `{json.dumps(resolve_target_dict(TARGET))}`; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ",
              "TVM rows: `dlas_host.lower.lower` (untuned project schedules) + `tvm.compile`, VM `time_evaluator` "
              "number=3 repeat=10 median; torch eager: same protocol. Each engine in a fresh subprocess. "
              "Depthwise layers use the policy default (`direct`). Shared 2-core machine: expect +-15 % noise.", ""]

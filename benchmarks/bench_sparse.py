@@ -97,10 +97,6 @@ def emitter(kind: str, w: np.ndarray, stride: int, pad: int, fmt: str, block):
     return lambda bb, x: emit_sparse_dense(bb, x, w, fmt=fmt, block=block, out_dtype="float32")
 
 
-def cpu_model() -> str:
-    return device_info().cpu_model or "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first and last layer, 3 sparsities")
@@ -154,8 +150,8 @@ def write_md(rows: list[dict], path: str, argv: str) -> None:
         "",
         f"Command: `TVM_NUM_THREADS=2 python benchmarks/bench_sparse.py {argv}`".rstrip() + "",
         "",
-        f"Machine: {torch.get_num_threads()} threads of {cpu_model()} (shared, noisy), float32, batch 1, TVM {tvm.__version__}, torch {torch.__version__} "
-        "(2 threads, OMP_WAIT_POLICY=PASSIVE). Times in ms: best of 9 interleaved rounds of ~30 ms "
+        f"Machine: {torch.get_num_threads()} threads of {device_info().cpu_model or 'unknown CPU'} (shared, noisy), float32, batch 1, TVM {tvm.__version__}, torch {torch.__version__} "
+        "(torch with OMP_WAIT_POLICY=PASSIVE). Times in ms: best of 9 interleaved rounds of ~30 ms "
         "of calls each (VM call overhead included). `dense` = our direct conv / GEMV with the same tiling "
         "(weights as runtime constants); `torch` = F.conv2d / F.linear eager on the dense weight. "
         "CSR: unstructured random pruning; BSR RxC: whole RxC blocks pruned. `speedup` = dense / sparse.",
