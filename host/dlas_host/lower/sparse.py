@@ -126,11 +126,14 @@ def emit_sparse_conv2d(
     col_off = plan.col_offsets(groups, k_padded)
     xp = emit_phase_pad(bb, data, plan, data_layout)
     w_dtype = _weight_dtype(weight, in_dtype)
-    kernel = make_conv_kernel(plan.geo, blk, spw.nnz_blocks + 1, k_padded, in_dtype, w_dtype, out_dtype)
+    kernel = make_conv_kernel(plan.geo, blk, spw.nnz_blocks + 1, in_dtype, w_dtype, out_dtype)
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_conv2d_{fmt}")
     oh, ow = plan.geo.oh, plan.geo.ow
     out_shape = (n, oh, ow, o) if data_layout == "NHWC" else (n, o, oh, ow)
-    args = [xp, *_sparse_args(spw, w_dtype), _const(col_off, "int32")]
+    data, _, indptr = _sparse_args(spw, w_dtype)
+    # each stored column's input-window offset (block columns resolved at build time; dummy block: 0)
+    cols = np.concatenate([spw.indices, [0]])[:, None] * blk[1] + np.arange(blk[1])
+    args = [xp, data, _const(col_off[cols], "int32"), indptr]
     return relax.call_tir(gv, args, relax.TensorType(out_shape, out_dtype))
 
 

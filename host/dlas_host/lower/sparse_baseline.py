@@ -14,7 +14,7 @@ from tvm.script import tirx as T
 
 from .sparse import _static_shape, conv_weight_matrix
 from .sparse_conv_plan import emit_phase_pad, plan_conv
-from .sparse_kernels import VEC, ConvGeometry, acc_dtype
+from .sparse_kernels import VEC, ConvGeometry, acc_dtype, tile_write_back
 
 
 def make_direct_conv_kernel(geo: ConvGeometry, col_off: np.ndarray, rows: int, dtype: str, out_dtype: str):
@@ -27,6 +27,7 @@ def make_direct_conv_kernel(geo: ConvGeometry, col_off: np.ndarray, rows: int, d
     nv = tile // vl
     img = c * hq * wq
     adt = acc_dtype(dtype, out_dtype)
+    write_back = tile_write_back(geo, rows, out_dtype)
 
     @T.prim_func(private=True)
     def kernel(
@@ -41,8 +42,8 @@ def make_direct_conv_kernel(geo: ConvGeometry, col_off: np.ndarray, rows: int, d
             acc = T.alloc_buffer((rows, tile), adt, scope="global")
             res = T.alloc_buffer((rows, tile), adt, scope="global")
             b = T.meta_var(task // (nb * nt))
-            ob = T.meta_var(task // nt % nb)
-            q0 = T.meta_var(task % nt * tile)
+            ob = T.meta_var(task % nb)
+            q0 = T.meta_var(task // nb % nt * tile)
             for r, iv in T.grid(rows, nv):
                 for il in T.vectorized(vl):
                     acc[r, iv * vl + il] = T.cast(0, adt)
@@ -57,10 +58,7 @@ def make_direct_conv_kernel(geo: ConvGeometry, col_off: np.ndarray, rows: int, d
             for r, iv in T.grid(rows, nv):
                 for il in T.vectorized(vl):
                     res[r, iv * vl + il] = acc[r, iv * vl + il]
-            for r, i in T.grid(rows, tile):
-                q = T.meta_var(q0 + i)
-                if q < oh * wq and q % wq < ow:
-                    out[b, ob * rows + r, q // wq, q % wq] = T.cast(res[r, i], out_dtype)
+            write_back(out, res, b, ob * rows, q0)
 
     return kernel
 

@@ -68,20 +68,46 @@ def flat_tile(oh: int, ow: int, wq: int, block_rows: int) -> int:
     return min(limit, -(-q // 16) * 16) if q > 16 else q
 
 
+def tile_write_back(geo: ConvGeometry, rows: int, out_dtype: str):
+    """Macro storing an accumulator tile `res` (rows, tile) of flat positions q0.. to the output.
+
+    A flat tile spans a few output rows; each row's valid part is one contiguous run of q, so
+    the store is a short loop per (row, channel) with no per-element division or bounds test.
+    """
+    wq, oh, ow, o, tl = geo.wq, geo.oh, geo.ow, geo.o, geo.tile
+    nhwc = geo.out_layout == "NHWC"
+    max_rows = -(-tl // wq) + 1
+
+    @T.macro
+    def write_back(out, res, b, o0, q0):
+        for rr in T.serial(max_rows):
+            row = T.meta_var(q0 // wq + rr)
+            if row < oh:
+                for r in T.serial(rows):
+                    if o0 + r < o:
+                        for q in T.serial(T.max(row * wq, q0), T.min(row * wq + ow, q0 + tl)):
+                            if nhwc:
+                                out[b, row, q - row * wq, o0 + r] = T.cast(res[r, q - q0], out_dtype)
+                            else:
+                                out[b, o0 + r, row, q - row * wq] = T.cast(res[r, q - q0], out_dtype)
+
+    return write_back
+
+
 def make_conv_kernel(
     geo: ConvGeometry,
     block: tuple[int, int],
     n_blocks: int,
-    k_padded: int,
     in_dtype: str,
     w_dtype: str,
     out_dtype: str,
 ) -> tvm.tirx.PrimFunc:
     """Sparse conv over a phase-split padded input (see ConvGeometry).
 
-    Arguments: xp (N, planes, hq, wq); wdata (n_blocks, RB, CB); indices (n_blocks,) block
-    columns; indptr (n_row_blocks + 1,); col_off (k_padded,) offset of each weight column's
-    window in one group's planes; out (N, O, OH, OW) or (N, OH, OW, O).
+    Arguments: xp (N, planes, hq, wq); wdata (n_blocks, RB, CB); offs (n_blocks, CB) the offset
+    in one group's planes of the input window of each stored column (the block column indices
+    resolved at build time, so the inner loop does one index load, not two dependent ones);
+    indptr (n_row_blocks + 1,); out (N, O, OH, OW) or (N, OH, OW, O).
     """
     rb, cb = block
     n, c, hp, wq = geo.n, geo.planes, geo.hq, geo.wq
@@ -94,18 +120,16 @@ def make_conv_kernel(
     # 16-lane pieces: LLVM handles a loop-carried <224 x float> badly but 14 <16 x float> well.
     vl = VEC if tl % VEC == 0 else tl
     nv = tl // vl
-    q_total = oh * wq
     adt = acc_dtype(in_dtype, out_dtype)
-    nhwc = geo.out_layout == "NHWC"
-    out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
+    out_shape = (n, oh, ow, o) if geo.out_layout == "NHWC" else (n, o, oh, ow)
+    write_back = tile_write_back(geo, rb, out_dtype)
 
     @T.prim_func(private=True)
     def kernel(
         xp: T.Buffer((n, c, hp, wq), in_dtype),
         wdata: T.Buffer((n_blocks, rb, cb), w_dtype),
-        indices: T.Buffer((n_blocks,), "int32"),
+        offs: T.Buffer((n_blocks, cb), "int32"),
         indptr: T.Buffer((nb + 1,), "int32"),
-        col_off: T.Buffer((k_padded,), "int32"),
         out: T.Buffer(out_shape, out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -114,8 +138,8 @@ def make_conv_kernel(
             acc = T.alloc_buffer((rb, tl), adt, scope="global")
             # meta_var inlines the expression: a named scalar here would be heap-allocated per task.
             b = T.meta_var(task // (nb * nt))
-            ob = T.meta_var(task // nt % nb)
-            q0 = T.meta_var(task % nt * tl)
+            ob = T.meta_var(task % nb)
+            q0 = T.meta_var(task // nb % nt * tl)
             base = T.meta_var(b * img + (ob * rb // og) * grp + q0)
             # Only whole-row vector accesses touch `acc` so LLVM keeps it in vector registers;
             # the scalar reads of the write-back go to the copy `res`.
@@ -125,7 +149,7 @@ def make_conv_kernel(
                     acc[r, iv * vl + il] = T.cast(0, adt)
             for k in T.serial(indptr[ob], indptr[ob + 1]):
                 for cc in T.serial(cb):
-                    off = T.meta_var(base + col_off[indices[k] * cb + cc])
+                    off = T.meta_var(base + offs[k, cc])
                     for r in T.unroll(rb):
                         v = T.meta_var(T.cast(wdata[k, r, cc], adt))
                         for iv in T.unroll(nv):
@@ -135,13 +159,7 @@ def make_conv_kernel(
             for r, iv in T.grid(rb, nv):
                 for il in T.vectorized(vl):
                     res[r, iv * vl + il] = acc[r, iv * vl + il]
-            for r, i in T.grid(rb, tl):
-                q = T.meta_var(q0 + i)
-                if ob * rb + r < o and q < q_total and q % wq < ow:
-                    if nhwc:
-                        out[b, q // wq, q % wq, ob * rb + r] = T.cast(res[r, i], out_dtype)
-                    else:
-                        out[b, ob * rb + r, q // wq, q % wq] = T.cast(res[r, i], out_dtype)
+            write_back(out, res, b, ob * rb, q0)
 
     return kernel
 
