@@ -224,7 +224,7 @@ def test_conv_bsr_block_pruned():
 def test_dense_float32(fmt, block, batch, sparsity):
     rng = np.random.default_rng(7)
     x = make_input(rng, (batch, 37), "float32")  # K not a multiple of any block width
-    w = make_weight(rng, (19, 37), sparsity, "float32")
+    w = make_weight(rng, (75, 37), sparsity, "float32")  # 75 rows: several tasks, the last one partial
     got = run_relax(x, lambda bb, xv: emit_sparse_dense(bb, xv, w, fmt=fmt, block=block, out_dtype="float32",
                                                          target=TARGET), "float32")
     np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ from tvm import relax, tirx
 
 from .sparse_formats import SparseWeight, convert
 from .sparse_conv_plan import emit_phase_pad, plan_conv
-from .sparse_kernels import make_conv_kernel, make_dense_kernel
+from .sparse_kernels import dense_partials, make_conv_kernel, make_dense_kernel
 
 __all__ = ["emit_sparse_conv2d", "emit_sparse_dense", "conv_weight_matrix", "sparse_conv_weight"]
 
@@ -60,11 +60,12 @@ def _const(arr: np.ndarray, dtype: str) -> relax.Constant:
     return relax.const(np.ascontiguousarray(arr).astype(dtype), dtype)
 
 
-def _sparse_args(sw: SparseWeight, w_dtype: str) -> list[relax.Constant]:
-    """data/indices with one trailing dummy block so that an all-zero weight has no empty arrays."""
+def _sparse_args(sw: SparseWeight, w_dtype: str, pad: int = 1) -> list[relax.Constant]:
+    """data/indices with `pad` trailing zero blocks: an all-zero weight has no empty arrays, and a
+    kernel reading whole chunks of blocks past a row's end (dense layers) stays in bounds."""
     br, bc = sw.block
-    data = np.concatenate([sw.data, np.zeros((1, br, bc), sw.data.dtype)])
-    indices = np.concatenate([sw.indices, np.zeros(1, np.int32)])
+    data = np.concatenate([sw.data, np.zeros((pad, br, bc), sw.data.dtype)])
+    indices = np.concatenate([sw.indices, np.zeros(pad, np.int32)])
     return [_const(data, w_dtype), _const(indices, "int32"), _const(sw.indptr, "int32")]
 
 
@@ -161,7 +162,8 @@ def emit_sparse_dense(
     blk = _block(fmt, block)
     sw = convert(np.asarray(weight), fmt, blk)
     w_dtype = _weight_dtype(weight, in_dtype)
-    kernel = make_dense_kernel(batch, k, o, blk, sw.nnz_blocks + 1, in_dtype, w_dtype, out_dtype)
+    pad = dense_partials(blk)
+    kernel = make_dense_kernel(batch, k, o, blk, sw.nnz_blocks + pad, in_dtype, w_dtype, out_dtype)
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_dense_{fmt}")
-    args = [data, *_sparse_args(sw, w_dtype)]
+    args = [data, *_sparse_args(sw, w_dtype, pad)]
     return relax.call_tir(gv, args, relax.TensorType((batch, o), out_dtype))

@@ -164,6 +164,12 @@ def make_conv_kernel(
     return kernel
 
 
+def dense_partials(block: tuple[int, int]) -> int:  # a power of two from 2 to 16
+    """Partial sums over consecutive blocks of a row block: CSR vectorises over 16 nonzeros (a
+    gather of x); BSR keeps 4 so consecutive FMAs do not wait on each other's latency."""
+    return VEC if block == (1, 1) else 2
+
+
 def make_dense_kernel(
     batch: int,
     k: int,
@@ -174,16 +180,48 @@ def make_dense_kernel(
     w_dtype: str,
     out_dtype: str,
 ) -> tvm.tirx.PrimFunc:
-    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K); (row block, batch row) tasks.
+    """out[b, o] = sum_k x[b, k] * W[o, k] with W in BSR over (O, K) (CSR = 1x1 blocks).
 
-    Each task keeps `lanes` partial sums per row so the FMA chain is not latency bound: for
-    BSR (block_cols > 1) the lanes are a block's columns (contiguous x loads); for CSR they are 16
-    consecutive nonzeros (a gather of x), with a scalar loop for the remainder.
+    Each row block walks its indptr range in chunks of P consecutive blocks with one accumulator
+    acc[P, RB, CB] (lanes: the P nonzeros for CSR, else the block's rows or columns); the last
+    chunk is masked, so `wdata`/`indices` must carry P trailing dummy blocks. The P partials and
+    the block columns are summed once per row block. Tasks are (group of row blocks, batch row).
     """
     rb, cb = block
     nb = -(-o // rb)
     adt = acc_dtype(in_dtype, out_dtype)
-    lanes = cb if cb > 1 else VEC
+    p_n = dense_partials(block)
+    width = rb * cb
+    n_acc = p_n * width
+    group = max(1, 32 // rb)  # row blocks per task: ~32 output rows amortise the task overhead
+    n_groups = -(-nb // group)
+    pow2 = cb & (cb - 1) == 0  # block columns summed by halving down to 4, then serially
+    clamp = k % cb != 0  # the last block column reaches past K: clamp its reads (zero weights)
+
+    def zero_past(kk, end, v):
+        return T.Select(kk < end, v, T.cast(0, adt))
+
+    @T.macro
+    def chunk(acc, wf, x, indices, b, k0, end, masked):
+        """acc += the P blocks from k0; `masked`: the row's last chunk (blocks from `end` are zero)."""
+        if p_n == VEC and width == 1:
+            for p in T.vectorized(p_n):
+                prod = T.meta_var(T.cast(wf[k0 + p], adt) * T.cast(x[b, indices[k0 + p]], adt))
+                acc[p] = acc[p] + (zero_past(k0 + p, end, prod) if masked else prod)
+        elif cb == 1:
+            for p in T.unroll(p_n):
+                xv = T.meta_var(T.cast(x[b, indices[k0 + p]], adt))
+                for r in T.vectorized(rb):
+                    prod = T.meta_var(T.cast(wf[(k0 + p) * rb + r], adt) * xv)
+                    acc[p * rb + r] = acc[p * rb + r] + (zero_past(k0 + p, end, prod) if masked else prod)
+        else:
+            for p in T.unroll(p_n):
+                for r in T.unroll(rb):
+                    for c in T.vectorized(cb):
+                        col = T.meta_var(T.min(indices[k0 + p] * cb + c, k - 1) if clamp else indices[k0 + p] * cb + c)
+                        prod = T.meta_var(T.cast(wf[((k0 + p) * rb + r) * cb + c], adt) * T.cast(x[b, col], adt))
+                        i = T.meta_var((p * rb + r) * cb + c)
+                        acc[i] = acc[i] + (zero_past(k0 + p, end, prod) if masked else prod)
 
     @T.prim_func(private=True)
     def kernel(
@@ -194,50 +232,47 @@ def make_dense_kernel(
         out: T.Buffer((batch, o), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for task in T.parallel(nb * batch):
-            part = T.alloc_buffer((rb, lanes), adt, scope="global")
-            res = T.alloc_buffer((rb, lanes), adt, scope="global")
-            ob = T.meta_var(task // batch)
+        wf = T.decl_buffer((n_blocks * width,), w_dtype, data=wdata.data)
+        for task in T.parallel(n_groups * batch):
+            acc = T.alloc_buffer((n_acc,), adt, scope="global")
+            res = T.alloc_buffer((n_acc,), adt, scope="global")
             b = T.meta_var(task % batch)
-            start = T.meta_var(indptr[ob])
-            for r in T.serial(rb):
-                for ln in T.vectorized(lanes):
-                    part[r, ln] = T.cast(0, adt)
-            if cb > 1:
-                for kk in T.serial(start, indptr[ob + 1]):
-                    for r in T.unroll(rb):
-                        for ln in T.vectorized(lanes):
-                            # Columns past K are zero padding of the last block: clamp the read.
-                            col = T.meta_var(T.min(indices[kk] * cb + ln, k - 1))
-                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, ln], adt) * T.cast(
-                                x[b, col], adt
-                            )
-            else:
-                for ch in T.serial((indptr[ob + 1] - start) // lanes):
-                    for r in T.unroll(rb):
-                        for ln in T.vectorized(lanes):
-                            kk = T.meta_var(start + ch * lanes + ln)
-                            part[r, ln] = part[r, ln] + T.cast(wdata[kk, r, 0], adt) * T.cast(
-                                x[b, indices[kk]], adt
-                            )
-                for r in T.serial(rb):
-                    for ln in T.vectorized(lanes):
-                        res[r, ln] = part[r, ln]
-                for kk in T.serial(start + (indptr[ob + 1] - start) // lanes * lanes, indptr[ob + 1]):
+            for g in T.serial(group):
+                ob = T.meta_var(task // batch * group + g)
+                if ob < nb:
+                    start = T.meta_var(indptr[ob])
+                    end = T.meta_var(indptr[ob + 1])
+                    for i in T.vectorized(n_acc):
+                        acc[i] = T.cast(0, adt)
+                    for ch in T.serial((end - start) // p_n):
+                        chunk(acc, wf, x, indices, b, start + ch * p_n, end, False)
+                    chunk(acc, wf, x, indices, b, start + (end - start) // p_n * p_n, end, True)
+                    for i in T.vectorized(n_acc):
+                        res[i] = acc[i]
+                    # sum the P partials (halving), then each row's CB columns
+                    if p_n >= 16:
+                        for i in T.vectorized(width * 8):
+                            res[i] = res[i] + res[i + width * 8]
+                    if p_n >= 8:
+                        for i in T.vectorized(width * 4):
+                            res[i] = res[i] + res[i + width * 4]
+                    if p_n >= 4:
+                        for i in T.vectorized(width * 2):
+                            res[i] = res[i] + res[i + width * 2]
+                    for i in T.vectorized(width):
+                        res[i] = res[i] + res[i + width]
                     for r in T.serial(rb):
-                        res[r, 0] = res[r, 0] + T.cast(wdata[kk, r, 0], adt) * T.cast(
-                            x[b, indices[kk]], adt
-                        )
-                for r in T.serial(rb):
-                    for ln in T.vectorized(lanes):
-                        part[r, ln] = res[r, ln]
-            for r in T.serial(rb):
-                for ln in T.vectorized(lanes):
-                    res[r, ln] = part[r, ln]
-            for r in T.serial(rb):
-                if ob * rb + r < o:
-                    for ln in T.serial(1, lanes):
-                        res[r, 0] = res[r, 0] + res[r, ln]
-                    out[b, ob * rb + r] = T.cast(res[r, 0], out_dtype)
+                        if pow2 and cb >= 16:
+                            for c in T.vectorized(cb // 2):
+                                res[r * cb + c] = res[r * cb + c] + res[r * cb + c + cb // 2]
+                            for c in T.vectorized(cb // 4):
+                                res[r * cb + c] = res[r * cb + c] + res[r * cb + c + cb // 4]
+                        elif pow2 and cb >= 8:
+                            for c in T.vectorized(cb // 2):
+                                res[r * cb + c] = res[r * cb + c] + res[r * cb + c + cb // 2]
+                        for c in T.serial(1, min(cb, 4) if pow2 else cb):
+                            res[r * cb] = res[r * cb] + res[r * cb + c]
+                        if ob * rb + r < o:
+                            out[b, ob * rb + r] = T.cast(res[r * cb], out_dtype)
 
     return kernel
