@@ -11,6 +11,8 @@ import torch
 from conftest import tiny_mobilenet, tiny_resnet
 from dlas_host import train, zoo
 from dlas_host.optimize.prune import prune
+from dlas_host.lower.policy import LoweringPolicy
+from dlas_host.lower.sparse import conv_weight_matrix, sparse_conv_weight
 from dlas_host.optimize.spec import PruneSpec, SpecError
 from dlas_host.optimize.structured import channel_groups
 
@@ -42,13 +44,20 @@ def test_global_vs_layerwise() -> None:
 
 
 def test_block_masks_are_blocks() -> None:
+    """Pruned blocks are blocks of the sparse kernels' weight matrix: BSR stores no zero-filled block."""
     model = zoo.create("resnet18", "cifar10")
     res = prune(model, PruneSpec.parse("block:layer:l1:0.5:block=1x8"))
-    w = model.get_submodule("layer2.0.conv2").weight.detach().reshape(128, -1)  # 128 x 1152
+    w = conv_weight_matrix(model.get_submodule("layer2.0.conv2").weight.detach().numpy())  # 128 x 1152
     nz_blocks = (w.reshape(128, -1, 8) != 0).any(-1)
     full_blocks = (w.reshape(128, -1, 8) != 0).all(-1)
-    assert torch.equal(nz_blocks, full_blocks)  # each 1x8 block is all zero or all kept
+    assert (nz_blocks == full_blocks).all()  # each 1x8 block is all zero or all kept
     assert res.report.sparsity == pytest.approx(0.5, abs=0.01)
+    assert PruneSpec.parse("block:layer:l1:0.5").block == LoweringPolicy().bsr_block
+    prune(model := zoo.create("resnet18", "cifar10"), PruneSpec.parse("block:global:l1:0.8"))
+    for name in ("conv1", "layer3.1.conv1", "layer4.0.conv2"):
+        wt = model.get_submodule(name).weight.detach().numpy()
+        sw = sparse_conv_weight(wt, "bsr", (4, 1))
+        assert sw.true_nnz == sw.nnz, name
 
 
 def test_gradient_and_taylor_scores(digits_loaders) -> None:

@@ -39,12 +39,23 @@ def unstructured_masks(scores: dict[str, torch.Tensor], amount: float, scope: st
 
 
 def _as_2d(t: torch.Tensor) -> torch.Tensor:
+    """The sparse kernels' weight matrix: [out, kh*kw*in] for convs (columns ordered kh, kw, ic, as
+    ``lower.sparse.conv_weight_matrix``), so a pruned block is exactly one stored BSR block."""
+    if t.dim() == 4:
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
     return t.reshape(t.shape[0], -1)
+
+
+def _from_2d(m: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) == 4:
+        o, i, kh, kw = shape
+        return m.reshape(o, kh, kw, i).permute(0, 3, 1, 2).contiguous()
+    return m.reshape(shape)
 
 
 def block_masks(scores: dict[str, torch.Tensor], amount: float, scope: str, block: tuple[int, int],
                 previous: Masks | None = None) -> Masks:
-    """Keep-masks removing ``amount`` of the (r x c) blocks of each weight viewed as [out, in*kh*kw].
+    """Keep-masks removing ``amount`` of the (r x c) blocks of each weight viewed as [out, kh*kw*in].
 
     Block importance is the mean element score, so the zero padding of ragged edges does not bias it and
     layers of different sizes compare fairly in the global scope.
@@ -66,7 +77,7 @@ def block_masks(scores: dict[str, torch.Tensor], amount: float, scope: str, bloc
     for n, s in scores.items():
         rows, cols = _as_2d(s).shape
         kb = keep_blocks[n].repeat_interleave(r, 0).repeat_interleave(c, 1)[:rows, :cols]
-        out[n] = kb.reshape(s.shape)
+        out[n] = _from_2d(kb, s.shape)
     return out
 
 

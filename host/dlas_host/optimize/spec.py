@@ -31,7 +31,8 @@ class PruneSpec:
     scope: str = "global"
     score: str = "l1"
     amount: float = 0.5
-    block: tuple[int, int] = (1, 8)  # rows x cols of the weight viewed as [out, in*kh*kw]; BSR's default
+    # rows x cols of the weight viewed as [out, kh*kw*in]; the lowering policy's default BSR block
+    block: tuple[int, int] = (4, 1)
     steps: int = 1  # iterative schedule: reach ``amount`` in this many prune(+fine-tune) rounds
     score_batches: int = 4  # batches accumulated for grad / taylor scores
 
