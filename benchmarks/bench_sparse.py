@@ -127,7 +127,8 @@ def emitter(kind: str, w: np.ndarray, stride: int, pad: int, fmt: str, block):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first and last layer, 3 sparsities")
-    ap.add_argument("--bsr", default="1x8,4x1", help="BSR blocks, comma separated RxC")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (best is kept)")
+    ap.add_argument("--bsr", default="1x8,4x1,8x1", help="BSR blocks, comma separated RxC")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sparse.md"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("TVM_NUM_THREADS", "2")))
@@ -163,17 +164,17 @@ def main() -> None:
                 assert err < 1e-4, f"{name} {fmt} {sp}: relative error {err}"
                 key = fmt if block is None else f"bsr{block[0]}x{block[1]}"
                 fns[key] = tvm_timer(vm, xt, budget)
-            row = {"layer": name, "sparsity": sp, **time_interleaved(fns)}
+            row = {"layer": name, "sparsity": sp, **time_interleaved(fns, args.rounds)}
             row["best_dense"] = min(row["dense"], row["policy"])
             rows.append(row)
             fmts = [k for k in row if k.startswith(("csr", "bsr"))]
             print(f"{name:28s} sp={sp:4.2f} dense={row['dense']*1e3:7.3f}ms policy={row['policy']*1e3:7.3f}ms "
                   f"torch={row['torch']*1e3:7.3f}ms "
                   + " ".join(f"{k}={row[k]*1e3:7.3f}ms (x{row['best_dense']/row[k]:5.2f})" for k in fmts), flush=True)
-    write_md(rows, args.out, " ".join(sys.argv[1:]))
+    write_md(rows, args.out, " ".join(sys.argv[1:]), args.rounds)
 
 
-def write_md(rows: list[dict], path: str, argv: str) -> None:
+def write_md(rows: list[dict], path: str, argv: str, rounds: int) -> None:
     fmts = [k for k in rows[0] if k.startswith(("csr", "bsr"))]
     lines = [
         "# Sparse kernels: per-layer sweep",
@@ -181,7 +182,7 @@ def write_md(rows: list[dict], path: str, argv: str) -> None:
         f"Command: `TVM_NUM_THREADS=2 python benchmarks/bench_sparse.py {argv}`".rstrip() + "",
         "",
         f"Machine: {torch.get_num_threads()} threads of {device_info().cpu_model or 'unknown CPU'} (shared, noisy), float32, batch 1, TVM {tvm.__version__}, torch {torch.__version__} "
-        "(torch with OMP_WAIT_POLICY=PASSIVE). Times in ms: best of 9 interleaved rounds of ~30 ms "
+        f"(torch with OMP_WAIT_POLICY=PASSIVE). Times in ms: best of {rounds} interleaved rounds of ~30 ms "
         "each; TVM variants by `time_evaluator` on the VM (VM call included, no Python), torch by a "
         "Python loop (eager dispatch included). `dense` = our direct conv / GEMV with the sparse kernels' "
         "tiling; `policy` = the layer compiled by the default lowering policy (spatial pack conv, dense "
