@@ -47,10 +47,14 @@ def main() -> None:
     ]
     # Global L1 pruning of a seeded (untrained) model spreads the zeros unevenly (fan-in decides the weight
     # scale: layer1 keeps ~half its weights, layer4 ~5 %); layer-wise pruning gives every layer the target.
-    for scope in ("global", "layer"):
-        pruned = make_pruned_model(args.model, args.dataset, f"unstructured:{scope}:l1:{args.sparsity}")
-        tag = f"{args.sparsity:.0%} pruned ({scope})"
-        for kernels, fmt in (("dense kernels", "dense"), ("CSR", "csr"), ("BSR 4x1", "bsr")):
+    # Block pruning (4x1 blocks, the policy's BSR block) zeroes whole blocks: BSR stores no zeros.
+    prunings = [(f"unstructured:{scope}:l1:{args.sparsity}", f"{args.sparsity:.0%} pruned ({scope})",
+                 (("dense kernels", "dense"), ("CSR", "csr"), ("BSR 4x1", "bsr"))) for scope in ("global", "layer")]
+    prunings.append((f"block:layer:l1:{args.sparsity}:block=4x1", f"{args.sparsity:.0%} 4x1-block pruned (layer)",
+                     (("dense kernels", "dense"), ("BSR 4x1", "bsr"))))
+    for prune_spec, tag, kernel_choices in prunings:
+        pruned = make_pruned_model(args.model, args.dataset, prune_spec)
+        for kernels, fmt in kernel_choices:
             policy = LoweringPolicy(algorithm="spatial_pack", sparse_format=fmt)
             variants.append((f"{tag}, {kernels}", BuildSpec(args.model, args.dataset, policy=policy,
                                                             optimized_model=pruned)))
