@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -61,3 +63,16 @@ def test_cli_errors_are_one_line() -> None:
         out = runner.invoke(app, args)
         assert out.exit_code == 2, out.output
         assert text in out.output and "Traceback" not in out.output
+
+
+def test_bsr_block_option() -> None:
+    """--bsr-block reaches the lowering policy; a malformed block is a one-line error."""
+    from dlas_host.cli import app, build_spec
+
+    spec = build_spec("resnet18", "cifar10", 1, "spatial_pack", "NCHW", "bsr", 0.9, None, "untuned", None, None,
+                      bsr_block="8x1")
+    assert spec.policy.bsr_block == (8, 1)
+    out = CliRunner().invoke(app, ["compile", "--sparse-format", "bsr", "--bsr-block", "8by1",
+                                   "--devices", str(Path(__file__).parents[1] / "devices.yaml")])
+    assert out.exit_code != 0
+    assert "BSR block must be RxC" in out.output and "Traceback" not in out.output

@@ -82,9 +82,20 @@ def _store(db: Optional[Path]):
     return ResultStore(db)
 
 
+def parse_block(text: str) -> tuple[int, int]:
+    """'8x1' -> (8, 1): a BSR block of rows (output channels) x columns."""
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"BSR block must be RxC like 4x1 or 1x8, got {text!r}") from None
+    if r < 1 or c < 1:
+        raise ValueError(f"BSR block sizes must be >= 1, got {text!r}")
+    return (r, c)
+
+
 def build_spec(model: str, dataset: str, batch: int, algorithm: str, layout: str, sparse_format: str,
                sparsity: float, quantize: Optional[str], tuning: str, checkpoint: Optional[Path],
-               optimized_model: Optional[str], seed: int = 0):
+               optimized_model: Optional[str], seed: int = 0, bsr_block: str = "4x1"):
     from . import zoo
     from .compile import BuildSpec
     from .lower.policy import LoweringPolicy
@@ -94,7 +105,8 @@ def build_spec(model: str, dataset: str, batch: int, algorithm: str, layout: str
         raise ValueError(f"unknown quantization {quantize!r}; supported: float16, bfloat16, int8")
     if tuning not in ("untuned", "tuned"):
         raise ValueError(f"unknown tuning {tuning!r}; supported: untuned, tuned")
-    policy = LoweringPolicy(algorithm=algorithm, layout=layout, sparse_format=sparse_format, sparsity=sparsity)
+    policy = LoweringPolicy(algorithm=algorithm, layout=layout, sparse_format=sparse_format, sparsity=sparsity,
+                            bsr_block=parse_block(bsr_block))
     return BuildSpec(model=model, dataset=dataset, batch=batch, seed=seed, policy=policy, quantize=quantize,
                      tuning=tuning, checkpoint=str(checkpoint) if checkpoint else None, optimized_model=optimized_model)
 
@@ -188,6 +200,7 @@ def compile_cmd(
     algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack | stock (TVM's unscheduled default pipeline)"),
     layout: str = typer.Option("NCHW", help="NCHW | NHWC | NCHWc"),
     sparse_format: str = typer.Option("dense", "--sparse-format", help="dense | csr | bsr | coo"),
+    bsr_block: str = typer.Option("4x1", "--bsr-block", help="BSR block RxC; match the block of a block-pruned model"),
     sparsity: float = typer.Option(0.0, help="random unstructured weight sparsity for speed studies"),
     quantize: Optional[str] = typer.Option(None, help="float16 | bfloat16 | int8"),
     tuning: str = typer.Option("untuned", help="untuned | tuned"),
@@ -202,7 +215,7 @@ def compile_cmd(
     with user_errors():
         dev = _registry(devices_file).get(device)
         spec = build_spec(model, dataset, batch, algorithm, layout, sparse_format, sparsity, quantize, tuning,
-                          checkpoint, optimized_model)
+                          checkpoint, optimized_model, bsr_block=bsr_block)
         with status(f"compiling {model}/{dataset} for {device}"):
             art = compile_artifact(spec, dev, force=force)
     out.print(f"{'cached' if art.cached else 'built'} {art.path} ({art.size / 2**20:.1f} MiB, sha256 {art.sha256[:16]}, "
@@ -219,6 +232,7 @@ def bench_cmd(
     algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack | stock (TVM's unscheduled default pipeline)"),
     layout: str = typer.Option("NCHW", help="NCHW | NHWC | NCHWc"),
     sparse_format: str = typer.Option("dense", "--sparse-format", help="dense | csr | bsr | coo"),
+    bsr_block: str = typer.Option("4x1", "--bsr-block", help="BSR block RxC; match the block of a block-pruned model"),
     sparsity: float = typer.Option(0.0, help="random unstructured weight sparsity for speed studies"),
     quantize: Optional[str] = typer.Option(None, help="float16 | bfloat16 | int8"),
     tuning: str = typer.Option("untuned", help="untuned | tuned"),
@@ -243,7 +257,7 @@ def bench_cmd(
             with status(f"pruning {model}/{dataset} ({prune})"):
                 optimized_model = make_pruned_model(model, dataset, prune)
         spec = build_spec(model, dataset, batch, algorithm, layout, sparse_format, sparsity, quantize, tuning,
-                          checkpoint, optimized_model)
+                          checkpoint, optimized_model, bsr_block=bsr_block)
         store = _store(db)
         opts = RunOptions(number=number, repeat=repeat)
         with status(f"{system.value}: {model}/{dataset} on {device}", quiet=False) as progress:
