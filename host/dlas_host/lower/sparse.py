@@ -131,10 +131,10 @@ def emit_sparse_conv2d(
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_conv2d_{fmt}")
     oh, ow = plan.geo.oh, plan.geo.ow
     out_shape = (n, oh, ow, o) if data_layout == "NHWC" else (n, o, oh, ow)
-    data, _, indptr = _sparse_args(spw, w_dtype)
+    wdata, _, indptr = _sparse_args(spw, w_dtype)
     # each stored column's input-window offset (block columns resolved at build time; dummy block: 0)
     cols = np.concatenate([spw.indices, [0]])[:, None] * blk[1] + np.arange(blk[1])
-    args = [xp, data, _const(col_off[cols], "int32"), indptr]
+    args = [xp, wdata, _const(col_off[cols], "int32"), indptr]
     return relax.call_tir(gv, args, relax.TensorType(out_shape, out_dtype))
 
 

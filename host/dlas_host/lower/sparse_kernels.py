@@ -2,9 +2,12 @@
 
 The sparse arrays are runtime arguments (data/indices/indptr), so the loop over a row's nonzeros
 is a data-dependent `T.serial(indptr[i], indptr[i + 1])`; only zeros that fall inside stored
-blocks are multiplied. CPU schedule: one parallel loop over (image, row block, output tile);
-an accumulator tile in a small local buffer (kept under the 1 KiB stack limit so it is not
-heap-allocated per iteration) and the innermost loop vectorised over contiguous output columns.
+blocks are multiplied. CPU schedule of the conv: one parallel loop over (image, output tile, row
+block), so consecutive tasks read the same input window from cache; an accumulator tile in a small
+local buffer (kept under the 1 KiB stack limit so it is not heap-allocated per iteration), the
+innermost loop vectorised over contiguous output positions, and one input-window offset load per
+nonzero (block columns are resolved to offsets at build time). The dense layer walks each row
+block in chunks of blocks with independent partial sums (see make_dense_kernel).
 """
 
 from __future__ import annotations
