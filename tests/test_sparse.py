@@ -219,7 +219,7 @@ def test_conv_bsr_block_pruned():
 # --- dense -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt,block", FORMATS + [("bsr", (3, 5))])
+@pytest.mark.parametrize("fmt,block", FORMATS + [("bsr", (3, 5)), ("bsr", (2, 16)), ("bsr", (1, 32))])
 @pytest.mark.parametrize("batch,sparsity", [(1, 0.0), (3, 0.7), (1, 0.98)])
 def test_dense_float32(fmt, block, batch, sparsity):
     rng = np.random.default_rng(7)
