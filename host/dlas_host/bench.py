@@ -21,7 +21,8 @@ from dlas_agent.stats import summarize
 
 from . import __version__
 from .cache import ArtifactCache
-from .compile import BuildSpec, CapabilityMissing, CompileError, build_torch_model, compile_artifact, example_inputs
+from .compile import (BuildSpec, CapabilityMissing, CompileError, artifact_manifest, build_torch_model,
+                      compile_artifact, example_inputs)
 from .devices import Device
 from .engines import ENGINES
 from .store import ResultRow, ResultStore
@@ -58,9 +59,29 @@ def base_row(spec: BuildSpec, device: Device, system: str) -> ResultRow:
         pruning=_pruning_label(spec), quantization=spec.quantize or "float32",
         algorithm=policy.algorithm if is_tvm else "n/a", layout=policy.layout if is_tvm else "n/a",
         sparse_format=policy.sparse_format if is_tvm else "dense", sparsity=policy.sparsity,
+        sparse_block=f"{policy.bsr_block[0]}x{policy.bsr_block[1]}" if is_tvm and policy.sparse_format == "bsr" else "",
         tuning=spec.tuning if is_tvm else "n/a", target=json.dumps(device.target, sort_keys=True),
         threads=device.threads,
     )
+
+
+def apply_manifest(row: ResultRow, spec: BuildSpec, layers: list[Any]) -> None:
+    """Label the row with what was built: the layer labels come from the manifest, never from the request.
+
+    The manifest is checked against the request again (a cached artifact was checked when it was built),
+    so a row whose labels contradict its artifact cannot be stored.
+    """
+    from .lower import manifest as mf  # noqa: PLC0415
+
+    try:
+        mf.check(layers, spec.policy, spec.quantize or "float32")
+    except mf.ManifestError as exc:
+        raise CompileError(str(exc)) from None
+    labels = mf.labels(layers, spec.policy.layout)
+    row.extra["asked"] = {k: getattr(row, k) for k in labels}
+    for key, value in labels.items():
+        setattr(row, key, value)
+    row.built, row.manifest = mf.summary(layers), mf.to_dicts(layers)
 
 
 def _pruning_label(spec: BuildSpec) -> str:
@@ -97,6 +118,7 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
     try:
         progress(f"compiling {spec.model}/{spec.dataset} for {device.name}")
         artifact = compile_artifact(spec, device, cache, force=opts.force_compile)
+        apply_manifest(row, spec, artifact_manifest(artifact))
         row.artifact_sha256, row.artifact_key, row.artifact_bytes = artifact.sha256, artifact.key, artifact.size
         row.compile_s = artifact.compile_s
         row.extra["artifact_cached"] = artifact.cached
@@ -136,6 +158,9 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
     elif device.connection.type != "local":
         row.status = "skipped"
         row.error = f"{engine} baseline runs on the local device only ({device.name} is {device.connection.type})"
+    elif spec.quantize not in (None, "float32"):
+        row.status = "skipped"
+        row.error = f"{engine} baseline runs the float32 model only; {spec.quantize} is built by TVM"
     else:
         progress(f"timing {engine} in a fresh process")
         try:

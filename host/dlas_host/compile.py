@@ -45,10 +45,13 @@ class BuildSpec:
     quantize: str | None = None  # None | "float16" | "bfloat16" | "int8"
     optimized_model: str | None = None  # id of a stored optimized (pruned/quantized) model
     tuning: str = "untuned"  # "untuned" | "tuned" (apply the tuning-records database)
+    calib_samples: int = 8  # int8: seeded inputs the activation scales are calibrated on
 
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
         data["policy"] = self.policy.canonical()
+        if self.quantize != "int8":
+            data.pop("calib_samples")  # shapes nothing else: equal builds keep equal keys
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,14 +100,12 @@ def build_torch_model(spec: BuildSpec) -> Any:
     return zoo.create(spec.model, spec.dataset, checkpoint=spec.checkpoint, seed=spec.seed)
 
 
-CALIBRATION_BATCHES = 8
-
-
 def quantize_for_build(model: Any, mod: Any, spec: BuildSpec) -> Any:
-    """Quantize an imported zoo model for ``spec.quantize``.
+    """Quantize an imported model for ``spec.quantize``.
 
-    int8 calibrates per-tensor activation scales (percentile observer) on seeded inputs drawn like the
-    benchmark's; for a calibration on real images, make the model with ``dlas-host optimize`` and bench its id.
+    int8 calibrates per-tensor activation scales (percentile observer) on ``spec.calib_samples`` seeded inputs
+    drawn like the benchmark's; for a calibration on real images, make the model with ``dlas-host optimize``
+    and bench its id.
     """
     import torch  # noqa: PLC0415
 
@@ -117,8 +118,9 @@ def quantize_for_build(model: Any, mod: Any, spec: BuildSpec) -> Any:
     if qspec.dtype == "int8":
         gen = torch.Generator().manual_seed(spec.seed + 1)
         shape = zoo.input_shape(spec.dataset, spec.batch)
-        batches = [torch.randn(*shape, generator=gen) for _ in range(CALIBRATION_BATCHES)]
-        calibration = calibrate(zoo.fold_batchnorm(model), batches, samples=CALIBRATION_BATCHES * spec.batch,
+        n_batches = -(-spec.calib_samples // spec.batch)
+        batches = [torch.randn(*shape, generator=gen) for _ in range(n_batches)]
+        calibration = calibrate(zoo.fold_batchnorm(model), batches, samples=n_batches * spec.batch,
                                 method=qspec.calib_method, seed=spec.seed)
     return quantize_relax(mod, qspec, calibration)
 
@@ -185,29 +187,60 @@ def build_key(spec: BuildSpec, device: Device) -> str:
     })
 
 
-def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None) -> Any:
-    """Apply quantization, the lowering policy and (if asked) tuning records; return a TVM Executable."""
+def stored_quantization(spec: BuildSpec) -> str | None:
+    """The quantization a stored optimized model already carries (float16 / bfloat16 / int8), or None."""
+    if not spec.optimized_model:
+        return None
+    from .optimize import modelstore  # noqa: PLC0415 - optional layer
+
+    q = modelstore.load(spec.optimized_model).meta.get("quantize")
+    return {"fp16": "float16", "bf16": "bfloat16"}.get(q["dtype"], q["dtype"]) if q else None
+
+
+def quantize_if_asked(mod: Any, spec: BuildSpec, model: Any = None) -> Any:
+    """Quantize ``mod`` for ``spec.quantize`` unless its stored model already is; a conflict is an error."""
+    if not spec.quantize or spec.quantize == "float32":
+        return mod
+    stored = stored_quantization(spec)
+    if stored == spec.quantize:
+        return mod
+    if stored is not None:
+        raise CompileError(f"stored model {spec.optimized_model} is already quantized to {stored}; "
+                           f"it cannot be built as {spec.quantize}")
+    return quantize_for_build(model if model is not None else build_torch_model(spec), mod, spec)
+
+
+def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Apply quantization, the lowering policy and (if asked) tuning records.
+
+    Returns the TVM Executable and its build manifest (``lower.manifest``): what each layer was built as,
+    read back from the lowered module and checked against the request (a contradiction is a CompileError).
+    """
     import tvm  # noqa: PLC0415
 
+    from . import lower  # noqa: PLC0415
+
     target = device.tvm_target()
-    if spec.quantize and not spec.optimized_model:
-        mod = quantize_for_build(model if model is not None else build_torch_model(spec), mod, spec)
-    if spec.tuning == "tuned":
-        try:
-            from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
-        except ImportError:
-            raise CapabilityMissing("tuned builds need the tuning layer (dlas_host.tune), which is not "
-                                    "installed here; use --tuning untuned") from None
-
-        return tune_apply.build_tuned(mod, device, spec.policy)
-    if not spec.policy.is_stock:
-        from . import lower  # noqa: PLC0415
-
-        mod = lower.lower(mod, target, spec.policy)
-        pipeline = getattr(lower, "compile_pipeline", None)
-        if pipeline is not None:
-            return tvm.compile(mod, target=target, relax_pipeline=pipeline(target))
-    return tvm.compile(mod, target=target)
+    mod = quantize_if_asked(mod, spec, model)
+    quantize = spec.quantize or "float32"
+    try:
+        if spec.tuning == "tuned":
+            try:
+                from .tune import apply as tune_apply  # noqa: PLC0415 - optional layer
+            except ImportError:
+                raise CapabilityMissing("tuned builds need the tuning layer (dlas_host.tune), which is not "
+                                        "installed here; use --tuning untuned") from None
+            executable, layers = tune_apply.build_tuned(mod, device, spec.policy, quantize=quantize)
+        elif spec.policy.is_stock:  # TVM's own pipeline builds it; the manifest reads its legalization
+            layers = lower.lower_with_manifest(mod, target, spec.policy, schedule=False, quantize=quantize).manifest
+            executable = tvm.compile(mod, target=target)
+        else:
+            lowered = lower.lower_with_manifest(mod, target, spec.policy, quantize=quantize)
+            layers = lowered.manifest
+            executable = tvm.compile(lowered.mod, target=target, relax_pipeline=lower.compile_pipeline(target))
+    except lower.ManifestError as exc:
+        raise CompileError(f"{spec.model}/{spec.dataset} on {device.name}: {exc}") from None
+    return executable, lower.manifest.to_dicts(layers)
 
 
 def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
@@ -225,7 +258,7 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
     model, mod = relax_module_for(spec)
     try:
         with build_context(device):  # CUDA: nvcc device code for the target's sm_XX
-            executable = lower_and_build(mod, spec, device, model)
+            executable, manifest = lower_and_build(mod, spec, device, model)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -238,7 +271,7 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
         "model": spec.model, "dataset": spec.dataset, "device": device.name, "target": str(device.tvm_target()),
         "policy": spec.policy.canonical(), "quantize": spec.quantize, "tuning": spec.tuning,
         "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in inputs],
-        "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(),
+        "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(), "manifest": manifest,
     }
     entry = cache.put(key, lib_path, meta)
     lib_path.unlink(missing_ok=True)
@@ -250,6 +283,16 @@ def _artifact(spec: BuildSpec, device: Device, entry: Entry, cached: bool) -> Ar
     return Artifact(spec=spec, device=device.name, key=entry.key, sha256=entry.sha256, path=entry.path,
                     size=entry.size, cached=cached, compile_s=float(entry.meta.get("compile_s", 0.0)),
                     meta=entry.meta)
+
+
+def artifact_manifest(artifact: Artifact) -> list[Any]:
+    """The artifact's build manifest (``lower.manifest.LayerBuild`` per layer); a CompileError if it has none."""
+    from .lower import manifest  # noqa: PLC0415
+
+    rows = artifact.meta.get("manifest")
+    if not isinstance(rows, list):
+        raise CompileError(f"artifact {artifact.key[:12]} has no build manifest; rebuild it with --force")
+    return manifest.from_dicts(rows)
 
 
 def _first_line(exc: BaseException) -> str:

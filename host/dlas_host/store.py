@@ -23,7 +23,7 @@ from dlas_agent.protocol import TimingStats
 from .paths import data_dir
 
 DIMENSIONS = ("dataset", "model", "batch", "pruning", "quantization", "algorithm", "layout", "sparse_format",
-              "sparsity", "system", "tuning", "device", "target")
+              "sparse_block", "sparsity", "system", "tuning", "device", "target")
 
 
 @dataclass
@@ -39,6 +39,7 @@ class ResultRow:
     algorithm: str = "n/a"
     layout: str = "n/a"
     sparse_format: str = "dense"
+    sparse_block: str = ""  # stored block of BSR layers ("4x1")
     sparsity: float = 0.0
     tuning: str = "n/a"  # untuned | tuned | n/a
     target: str = ""
@@ -61,6 +62,10 @@ class ResultRow:
     top1: float | None = None
     top5: float | None = None
     # --- provenance ---
+    # TVM rows: the layer labels above are computed from the build manifest (what each layer was built as);
+    # `built` summarises it, `manifest` holds it whole, `extra["asked"]` keeps the labels as requested.
+    built: str = ""
+    manifest: list[dict[str, Any]] = field(default_factory=list)
     artifact_sha256: str = ""
     artifact_key: str = ""
     artifact_bytes: int = 0
@@ -81,7 +86,7 @@ class ResultRow:
             setattr(self, name, getattr(stats, name))
 
 
-_JSON_FIELDS = {"samples_ms", "warnings", "device_env", "host_env", "extra"}
+_JSON_FIELDS = {"samples_ms", "warnings", "device_env", "host_env", "extra", "manifest"}
 _SQL_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
 
 

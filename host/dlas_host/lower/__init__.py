@@ -44,15 +44,19 @@ kernel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import relax, tirx
 
-from .legalize import Dispatcher, PolicyError, check_combination, inject_sparsity, supported_text
+from .legalize import Dispatcher, LayerPlan, PolicyError, inject_sparsity, supported_text
+from .manifest import LayerBuild, ManifestError, build_manifest
+from .manifest import check as check_manifest
 from .policy import LoweringPolicy
 from .targets import TargetInfo, target_info
 
-__all__ = ["LoweringPolicy", "PolicyError", "compile_pipeline", "inject_sparsity", "lower", "supported_text",
-           "target_info"]
+__all__ = ["LayerBuild", "Lowered", "LoweringPolicy", "ManifestError", "PolicyError", "compile_pipeline",
+           "inject_sparsity", "lower", "lower_with_manifest", "supported_text", "target_info"]
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps never groups these again
 
@@ -62,16 +66,8 @@ def _as_target(target) -> tvm.target.Target:
 
 
 def _check_policy(policy: LoweringPolicy) -> None:
-    if policy.is_stock:
-        return
-    check_combination(policy.algorithm, policy.layout)
-    # per-layer choices only need to read the layout the graph has between kernels (NCHWc is packed
-    # inside spatial-pack kernels only, so NCHW there)
-    between = "NHWC" if policy.layout == "NHWC" else "NCHW"
-    if policy.depthwise_algorithm is not None:
-        check_combination(policy.depthwise_algorithm, between, "depthwise algorithm")
-    for layer, algo in policy.overrides:
-        check_combination(algo, between, f"override {layer}: algorithm")
+    if not policy.is_stock:
+        policy.validate()
 
 
 def schedule_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -105,6 +101,26 @@ def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: 
     ``schedule=False`` stops after fusion: the PrimFuncs are the tuning tasks MetaSchedule searches
     (``dlas_host.tune``), exactly as the untuned build would compile them.
     """
+    lowered = lower_with_manifest(mod, target, policy, schedule=schedule)
+    if dispatcher_out is not None:
+        dispatcher_out.extend(lowered.log)
+    return lowered.mod
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule
+    manifest: list[LayerBuild]  # what was emitted per layer (see ``lower.manifest``)
+    log: list[tuple[str, str]]  # (layer, algorithm) as the dispatcher chose, in graph order
+    plans: list[LayerPlan]
+
+
+def lower_with_manifest(mod: tvm.IRModule, target, policy: LoweringPolicy, *, schedule: bool = True,
+                        quantize: str | None = None, check: bool = True) -> Lowered:
+    """``lower`` that also returns the build manifest read back from the fused module.
+
+    With ``check`` (default) a manifest that contradicts ``policy`` / ``quantize`` raises ``ManifestError``.
+    """
     target = _as_target(target)
     _check_policy(policy)
     info = target_info(target)
@@ -125,11 +141,12 @@ def lower(mod: tvm.IRModule, target, policy: LoweringPolicy, *, dispatcher_out: 
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
+        layers = build_manifest(mod, dispatcher.layers)
+        if check:
+            check_manifest(layers, policy, quantize)
         if schedule:
             mod = schedule_module(mod, target)
-    if dispatcher_out is not None:
-        dispatcher_out.extend(dispatcher.log)
-    return mod
+    return Lowered(mod, layers, dispatcher.log, dispatcher.layers)
 
 
 def compile_pipeline(target) -> tvm.transform.Pass:

@@ -9,6 +9,7 @@ to TVM's own legalization, which the generic scheduler then schedules.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,30 +17,36 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
 
-from . import conv_direct, conv_gemm, conv_spatial_pack, dense, depthwise, int8
+from . import registry
 from .common import ConvGeom
 from .policy import LoweringPolicy, PolicyError
+from .registry import KernelLookupError, KernelRequest
 from .targets import TargetInfo
-
-KERNEL_PATTERN = 4  # kOutEWiseFusable: FuseOps may append the elementwise tail (bias, residual, relu)
-
-SUPPORTED = {
-    "direct": ("NCHW", "NHWC"),
-    "gemm": ("NCHW", "NHWC"),
-    "spatial_pack": ("NCHW", "NCHWc"),
-    "stock": ("NCHW", "NHWC", "NCHWc"),
-}
 
 
 def supported_text() -> str:
-    return "; ".join(f"{a}: {', '.join(ls)}" for a, ls in SUPPORTED.items())
+    return "; ".join(f"{a}: {', '.join(registry.conv_layouts(a))}" for a in registry.algorithms())
 
 
 def check_combination(algorithm: str, layout: str, what: str = "algorithm") -> None:
-    if layout not in SUPPORTED[algorithm]:
+    if algorithm not in registry.algorithms():
+        raise PolicyError(f"unknown {what} {algorithm!r}; supported: {', '.join(registry.algorithms())}")
+    if layout not in registry.conv_layouts(algorithm):
         raise PolicyError(
             f"{what} {algorithm!r} does not support layout {layout!r}; supported combinations: {supported_text()}"
         )
+
+
+@dataclass
+class LayerPlan:
+    """One conv/dense layer as the dispatcher saw it; the manifest finds its kernel call by its constants."""
+
+    name: str  # conv2d_N / dense_N in graph order
+    op: str  # registry.OPS
+    in_shape: list[int]
+    weight_shape: list[int]  # OIHW for convolutions, (out, in) for dense layers
+    weight: str = ""  # fingerprint of the weight constant its kernel call takes
+    note: str = ""  # why the layer departs from the policy's main choice (shown in the manifest)
 
 
 def inject_sparsity(weight: np.ndarray, sparsity: float, seed: int = 0) -> np.ndarray:
@@ -58,15 +65,6 @@ def _ints(shape) -> list[int] | None:
         return [int(s) for s in shape]
     except Exception:  # noqa: BLE001 - symbolic dimension
         return None
-
-
-def np_dtype(dtype: str):
-    """numpy dtype for a TVM dtype name (bfloat16 through ml_dtypes)."""
-    if dtype == "bfloat16":
-        import ml_dtypes  # noqa: PLC0415
-
-        return ml_dtypes.bfloat16
-    return np.dtype(dtype)
 
 
 def _to_oihw(w: np.ndarray, layout: str) -> np.ndarray:
@@ -89,9 +87,10 @@ class Dispatcher:
     def __init__(self, policy: LoweringPolicy, info: TargetInfo, target: tvm.target.Target) -> None:
         self.policy, self.info, self.target = policy, info, target
         self.conv_index = 0
+        self.dense_index = 0
         self.overrides = dict(policy.overrides)
         self.log: list[tuple[str, str]] = []  # (layer, algorithm) in graph order, for reports and tests
-
+        self.layers: list[LayerPlan] = []  # every conv/dense layer, for the build manifest
         self.error: Exception | None = None  # a PolicyError raised inside the pass (FFI turns it into RuntimeError)
 
     def legalize_map(self) -> dict[str, Callable]:
@@ -107,8 +106,19 @@ class Dispatcher:
 
         return wrapped
 
+    def _planned(self, plan: LayerPlan, expr: relax.Expr) -> relax.Expr:
+        """Record the layer with the constants its kernel call takes (how the manifest finds it again)."""
+        from .manifest import call_constants, fingerprint, weight_of  # noqa: PLC0415
+
+        weight = weight_of(call_constants(expr))
+        plan.weight = fingerprint(weight) if weight is not None else ""
+        self.layers.append(plan)
+        return expr
+
     # ---------------------------------------------------------------- conv2d
     def _algorithm(self, name: str, depthwise_layer: bool) -> str:
+        if self.policy.is_stock:
+            return registry.STOCK
         if name in self.overrides:
             return self.overrides[name]
         if depthwise_layer and self.policy.depthwise_algorithm is not None:
@@ -143,6 +153,8 @@ class Dispatcher:
         pad = [int(p) for p in a.padding]
         g = ConvGeom(n, c, h, wd, w.shape[0], w.shape[2], w.shape[3], tuple(int(s) for s in a.strides),
                      (pad[0], pad[1], pad[2], pad[3]), tuple(int(d) for d in a.dilation), int(a.groups))
+        op = "depthwise_conv2d" if g.is_depthwise else "grouped_conv2d" if g.groups > 1 else "conv2d"
+        plan = LayerPlan(name, op, list(dshape), list(w.shape))
         if self._sparse_pays(w):
             out = _sparse_module().emit_sparse_conv2d(
                 bb, data, w, strides=g.stride, padding=g.pad, dilation=g.dilation, groups=g.groups,
@@ -150,64 +162,25 @@ class Dispatcher:
                 block=self.policy.bsr_block, target=self.target)
             if out is not None:  # None: the sparse kernels do not cover this layer (e.g. depthwise)
                 self.log.append((name, self.policy.sparse_format))
-                return out
+                return self._planned(plan, out)
+            plan.note = f"no {self.policy.sparse_format} kernel for this layer"
         algo = self._algorithm(name, g.is_depthwise)
         # per layer, the graph between kernels is NCHW (NCHW/NCHWc policies) or NHWC; any kernel that
         # reads that layout may run (e.g. direct depthwise layers inside a spatial-pack NCHWc model)
         check_combination(algo, layout, f"layer {name}: algorithm")
+        if algo == "spatial_pack" and op == "grouped_conv2d":
+            algo = "direct"  # no packed kernel for grouped (non-depthwise) convs: direct is the closest
+            plan.note = "grouped conv: direct (no packed kernel)"
         self.log.append((name, algo))
-        if algo == "stock":
+        if algo == registry.STOCK:
             new_call = relax.Call(call.op, [data, relax.const(_from_oihw(w, klayout))], call.attrs)
-            return _default_legalize(bb, bb.normalize(new_call))
-        return self._emit_conv(bb, data, w, g, layout, algo, out_dtype)
-
-    def _call(self, bb, fn, *args, hint: str):
-        """call_te with the relax tensors first; geometry/config objects are closed over."""
-        exprs = [a for a in args if isinstance(a, relax.Expr)]
-        rest = args[len(exprs):]
-        return bb.call_te(lambda *ts: fn(*ts, *rest), *exprs, primfunc_name_hint=hint,
-                          primfunc_attrs={"op_pattern": KERNEL_PATTERN})
-
-    def _emit_conv(self, bb, data, w: np.ndarray, g: ConvGeom, layout: str, algo: str, out_dtype: str):
-        info, dt = self.info, str(data.ty.dtype)
-        wdt = dt
-        int8_in = dt == "int8" and w.dtype == np.int8  # VNNI shift trick assumes signed int8
-        if g.is_depthwise and algo in ("direct", "spatial_pack"):
-            if algo == "spatial_pack" and layout == "NCHW":
-                cb = depthwise.channel_block_for(g, info, out_dtype)
-                wp = relax.const(depthwise.weight_nchwc(w, cb).astype(np_dtype(wdt)))
-                return self._call(bb, depthwise.dw_nchwc, data, wp, g, out_dtype, info, cb, hint="dlas_dw_nchwc")
-            if layout == "NCHW":
-                wp = relax.const(depthwise.weight_nchw(w).astype(np_dtype(wdt)))
-                return self._call(bb, depthwise.dw_nchw, data, wp, g, out_dtype, info, hint="dlas_dw_nchw")
-            wp = relax.const(depthwise.weight_nhwc(w).astype(np_dtype(wdt)))
-            return self._call(bb, depthwise.dw_nhwc, data, wp, g, out_dtype, info, hint="dlas_dw_nhwc")
-        if algo == "direct":
-            if layout == "NCHW":
-                wp = relax.const(conv_direct.weight_nchw(w).astype(np_dtype(wdt)))
-                return self._call(bb, conv_direct.direct_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nchw")
-            wp = relax.const(conv_direct.weight_nhwc(w).astype(np_dtype(wdt)))
-            return self._call(bb, conv_direct.direct_nhwc, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nhwc")
-        if algo == "gemm":
-            if layout == "NCHW":
-                wp = relax.const(conv_gemm.weight_nchw(w, g).astype(np_dtype(wdt)))
-                return self._call(bb, conv_gemm.gemm_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_gemm_nchw")
-            wp = relax.const(conv_gemm.weight_nhwc(w, g).astype(np_dtype(wdt)))
-            return self._call(bb, conv_gemm.gemm_nhwc, data, wp, g, out_dtype, info, hint="dlas_conv_gemm_nhwc")
-        # spatial pack (NCHW graph, NCHWc inside the kernel)
-        if g.groups != 1:
-            # grouped (non-depthwise) convolutions have no packed kernel: direct is the closest
-            wp = relax.const(conv_direct.weight_nchw(w).astype(np_dtype(wdt)))
-            return self._call(bb, conv_direct.direct_nchw, data, wp, g, out_dtype, info, hint="dlas_conv_direct_nchw")
-        if int8_in and int8.int8_dot_usable(g, info, out_dtype):
-            ib, ob = 4, int8.lanes_for(info)
-            wp, comp = int8.pack_weight(w, ib, ob, info)
-            return self._call(bb, int8.conv_int8_nchwc, data, relax.const(wp), relax.const(comp), g, info, ib, ob,
-                              hint="dlas_conv_sp_int8")
-        ib, ob = conv_spatial_pack.blocks_for(g, info, out_dtype)
-        wp = relax.const(conv_spatial_pack.pack_weight(w, ib, ob).astype(np_dtype(wdt)))
-        return self._call(bb, conv_spatial_pack.spatial_pack_nchw, data, wp, g, out_dtype, info, ib, ob,
-                          hint="dlas_conv_sp_nchwc")
+            return self._planned(plan, _default_legalize(bb, bb.normalize(new_call)))
+        req = KernelRequest(bb, data, w, g, str(data.ty.dtype), out_dtype, self.info)
+        try:
+            kernel = registry.select(op, algo, layout, req)
+        except KernelLookupError as exc:
+            raise PolicyError(f"layer {name}: {exc}") from None
+        return self._planned(plan, kernel.emit(req))
 
     def _sparse_pays(self, weight: np.ndarray) -> bool:
         """Sparse kernels only where the layer is sparse enough to beat dense ones (per-layer choice)."""
@@ -223,24 +196,26 @@ class Dispatcher:
         if not (isinstance(wt, Constant) and xshape is not None and wshape is not None and len(wshape) == 2
                 and len(xshape) >= 1):
             return _default_legalize(bb, call)
+        name = f"dense_{self.dense_index}"
+        self.dense_index += 1
         w_kn = inject_sparsity(wt.value.numpy(), self.policy.sparsity)
+        plan = LayerPlan(name, "dense", list(xshape), [int(w_kn.shape[1]), int(w_kn.shape[0])])
         if self._sparse_pays(w_kn):
             out = _sparse_module().emit_sparse_dense(
                 bb, x, np.ascontiguousarray(w_kn.T), fmt=self.policy.sparse_format, block=self.policy.bsr_block,
                 out_dtype=out_dtype, target=self.target)
             if out is not None:
-                return out
+                self.log.append((name, self.policy.sparse_format))
+                return self._planned(plan, out)
+            plan.note = f"no {self.policy.sparse_format} kernel for this layer"
         if self.policy.is_stock:
+            self.log.append((name, registry.STOCK))
             new_call = relax.Call(call.op, [x, relax.const(w_kn)], call.attrs)
-            return _default_legalize(bb, bb.normalize(new_call))
-        dt = str(x.ty.dtype)
-        if dt == "int8" and w_kn.dtype == np.int8 and int8.dense_int8_usable(w_kn.shape, self.info, out_dtype):
-            wp, comp = int8.pack_dense(w_kn, self.info)
-            return self._call(bb, int8.dense_int8, x, relax.const(wp), relax.const(comp), w_kn.shape[1], self.info,
-                              hint="dlas_dense_int8")
-        nb = dense.block_for(w_kn.shape[1], self.info, out_dtype)
-        wp = relax.const(dense.pack_weight(w_kn, nb).astype(np_dtype(dt)))
-        return self._call(bb, dense.dense, x, wp, w_kn.shape[1], out_dtype, self.info, hint="dlas_dense")
+            return self._planned(plan, _default_legalize(bb, bb.normalize(new_call)))
+        req = KernelRequest(bb, x, w_kn, None, str(x.ty.dtype), out_dtype, self.info)
+        kernel = registry.select("dense", "gemm", "", req)
+        self.log.append((name, kernel.algorithm))
+        return self._planned(plan, kernel.emit(req))
 
 
 def _from_oihw(w: np.ndarray, layout: str) -> np.ndarray:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-ALGORITHMS = ("direct", "gemm", "spatial_pack", "stock")
-"""`stock` is TVM's own default pipeline with no project kernels (kept for comparison only)."""
-LAYOUTS = ("NCHW", "NHWC", "NCHWc")
+# Algorithms and layouts are owned by the kernel registry (``lower.registry``): ``validate()`` checks them.
+# `stock` is TVM's own default pipeline with no project kernels (kept for comparison only).
 SPARSE_FORMATS = ("dense", "csr", "bsr", "coo")
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
@@ -38,17 +37,27 @@ class LoweringPolicy:
     overrides: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        _check("algorithm", self.algorithm, ALGORITHMS)
-        _check("layout", self.layout, LAYOUTS)
         _check("sparse format", self.sparse_format, SPARSE_FORMATS)
-        if self.depthwise_algorithm is not None:
-            _check("depthwise algorithm", self.depthwise_algorithm, ALGORITHMS)
         if not 0.0 <= self.sparse_min_sparsity <= 1.0:
             raise PolicyError(f"sparse_min_sparsity must be in [0, 1], got {self.sparse_min_sparsity}")
         if not 0.0 <= self.sparsity < 1.0:
             raise PolicyError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        for _, algo in self.overrides:
-            _check("override algorithm", algo, ALGORITHMS)
+        if self.is_stock and (self.sparse_format != "dense" or self.sparsity > 0):
+            raise PolicyError("algorithm 'stock' builds with TVM's own kernels: no sparse formats or injected sparsity")
+        if min(self.bsr_block) < 1:
+            raise PolicyError(f"bsr_block must be positive, got {self.bsr_block[0]}x{self.bsr_block[1]}")
+
+    def validate(self) -> "LoweringPolicy":
+        """Check algorithms and layouts against the registered kernels (imports TVM); returns self."""
+        from .legalize import check_combination  # noqa: PLC0415 - the registry loads the kernels
+
+        check_combination(self.algorithm, self.layout)
+        between = "NHWC" if self.layout == "NHWC" else "NCHW"  # NCHWc lives inside spatial-pack kernels only
+        if self.depthwise_algorithm is not None and not self.is_stock:
+            check_combination(self.depthwise_algorithm, between, "depthwise algorithm")
+        for layer, algo in self.overrides:
+            check_combination(algo, between, f"override {layer}: algorithm")
+        return self
 
     @property
     def is_stock(self) -> bool:
@@ -57,6 +66,14 @@ class LoweringPolicy:
     def canonical(self) -> str:
         """Stable text form used in cache keys and result rows."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def parse_block(text: str) -> tuple[int, int]:
+    """``"4x1"`` -> (4, 1): a BSR block of rows (output channels) x columns; a PolicyError otherwise."""
+    rows, sep, cols = text.strip().lower().partition("x")
+    if not (sep and rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
+        raise PolicyError(f"bad BSR block {text!r}; expected RxC with positive integers, e.g. 4x1")
+    return int(rows), int(cols)
 
 
 def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:

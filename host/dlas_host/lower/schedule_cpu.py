@@ -15,6 +15,7 @@ from typing import Callable
 
 from tvm import s_tir, tirx
 
+from . import registry
 from .targets import TargetInfo
 
 Sched = s_tir.Schedule
@@ -228,23 +229,13 @@ def find_anchor(sch: Sched):
     return None
 
 
-def _registry() -> dict[str, Callable]:
-    from . import conv_direct, conv_gemm, conv_spatial_pack, dense, depthwise, int8
-
-    reg: dict[str, Callable] = {}
-    for m in (conv_direct, conv_gemm, conv_spatial_pack, depthwise, dense, int8):
-        reg.update(m.CPU_SCHEDULES)
-    return reg
-
-
 def apply_schedule(sch: Sched, info: TargetInfo) -> None:
     """Schedule the function held by ``sch`` in place (its trace is the tuner's default record)."""
     anchor = find_anchor(sch)
     if anchor is None:
         schedule_generic(sch, info)
         return
-    kind = str(annotations(sch, anchor)["dlas_sched"])
-    _registry()[kind](sch, anchor, info)
+    registry.get(str(annotations(sch, anchor)["dlas_sched"])).cpu_schedule(sch, anchor, info)
 
 
 def schedule_func(func: tirx.PrimFunc, info: TargetInfo) -> tirx.PrimFunc:

@@ -22,7 +22,7 @@ from tvm import relax, tirx
 
 from .sparse_formats import SparseWeight, convert
 from .sparse_conv_plan import emit_phase_pad, plan_conv
-from .sparse_kernels import dense_partials, make_conv_kernel, make_dense_kernel
+from .sparse_kernels import acc_dtype, dense_partials, make_conv_kernel, make_dense_kernel
 
 __all__ = ["emit_sparse_conv2d", "emit_sparse_dense", "conv_weight_matrix", "sparse_conv_weight"]
 
@@ -80,6 +80,13 @@ def sparse_conv_weight(weight: np.ndarray, fmt: str, block: tuple[int, int] = (1
     return convert(conv_weight_matrix(weight), fmt, _block(fmt, block))
 
 
+def _identify(kernel: tirx.PrimFunc, name: str, fmt: str, block: tuple[int, int], layout: str,
+              acc: str) -> tirx.PrimFunc:
+    """Attributes the build manifest reads back (the kernel has no annotated block to find it by)."""
+    return kernel.with_attrs({"dlas_kernel": name, "dlas_format": fmt, "dlas_block": f"{block[0]}x{block[1]}",
+                              "dlas_layout": layout, "dlas_acc": acc})
+
+
 def emit_sparse_conv2d(
     bb: relax.BlockBuilder,
     data: relax.Expr,
@@ -128,6 +135,7 @@ def emit_sparse_conv2d(
     xp = emit_phase_pad(bb, data, plan, data_layout)
     w_dtype = _weight_dtype(weight, in_dtype)
     kernel = make_conv_kernel(plan.geo, blk, spw.nnz_blocks + 1, in_dtype, w_dtype, out_dtype)
+    kernel = _identify(kernel, "sparse_conv2d", fmt, blk, data_layout, acc_dtype(in_dtype, out_dtype))
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_conv2d_{fmt}")
     oh, ow = plan.geo.oh, plan.geo.ow
     out_shape = (n, oh, ow, o) if data_layout == "NHWC" else (n, o, oh, ow)
@@ -164,6 +172,7 @@ def emit_sparse_dense(
     w_dtype = _weight_dtype(weight, in_dtype)
     pad = dense_partials(blk)
     kernel = make_dense_kernel(batch, k, o, blk, sw.nnz_blocks + pad, in_dtype, w_dtype, out_dtype)
+    kernel = _identify(kernel, "sparse_dense", fmt, blk, "", acc_dtype(in_dtype, out_dtype))
     gv = bb.add_func(kernel.without_attr("global_symbol"), f"sparse_dense_{fmt}")
     args = [data, *_sparse_args(sw, w_dtype, pad)]
     return relax.call_tir(gv, args, relax.TensorType((batch, o), out_dtype))

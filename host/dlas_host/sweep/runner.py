@@ -28,9 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..compile import BuildSpec
 from ..devices import Registry
-from ..lower.policy import LoweringPolicy
+from ..lower.policy import LoweringPolicy, parse_block
 from ..store import ResultRow, ResultStore
-from .spec import Job, RunSettings, SweepSpec, expand
+from .spec import DEFAULT_BSR_BLOCK, Job, RunSettings, SweepSpec, expand
 from .state import SweepState
 
 
@@ -39,13 +39,14 @@ class SweepError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------ jobs -> specs
-def build_spec(job: Job, model_ids: dict[str, str]) -> BuildSpec:
-    policy = (LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format)
+def build_spec(job: Job, model_ids: dict[str, str], calib_samples: int = RunSettings().calib_samples) -> BuildSpec:
+    policy = (LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format,
+                             bsr_block=parse_block(job.bsr_block or DEFAULT_BSR_BLOCK))
               if job.system == "tvm" else LoweringPolicy(algorithm="stock"))
     return BuildSpec(model=job.model, dataset=job.dataset, policy=policy,
                      quantize=None if job.quantization == "float32" else job.quantization,
                      optimized_model=model_ids.get(prune_key(job)) if job.pruning != "none" else None,
-                     tuning=job.tuning if job.system == "tvm" else "untuned")
+                     tuning=job.tuning if job.system == "tvm" else "untuned", calib_samples=calib_samples)
 
 
 def prune_key(job: Job) -> str:
@@ -77,11 +78,13 @@ def make_pruned_model(model: str, dataset: str, pruning: str) -> str:
     from .. import zoo  # noqa: PLC0415
 
     spec = PruneSpec.parse(pruning)
-    if spec.needs_data:
-        raise SweepError(f"{pruning}: score {spec.score!r} needs training data; make the model with "
-                         "`dlas-host optimize` and sweep its id")
+    loader = None
+    if spec.needs_data:  # grad / taylor scores: a few batches of the dataset's training split
+        from .. import data  # noqa: PLC0415
+
+        loader, _ = data.loaders(dataset, batch_size=32, train_limit=32 * spec.score_batches, seed=0)
     net = zoo.create(model, dataset)
-    prune(net, spec, example_input=zoo.example_input(dataset))
+    prune(net, spec, loader=loader, example_input=zoo.example_input(dataset))
     report = sparsity_report(net).summary()
     entry = modelstore.save(net, {"base_model": model, "dataset": dataset, "prune": spec.as_dict(),
                                   "quantize": None, "sparsity": report.get("sparsity", 0.0),
@@ -91,7 +94,7 @@ def make_pruned_model(model: str, dataset: str, pruning: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ tune phase
 def tune_phase(jobs: list[Job], model_ids: dict[str, str], registry: Registry, trials: int,
-               log: Callable[[str], None], progress: Progress | None) -> int:
+               log: Callable[[str], None], progress: Progress | None, calib_samples: int) -> int:
     """Tune each distinct (model as built, device) of the tuned jobs up to ``trials`` before compiling.
 
     Records are per target, so a re-run (or ``sweep resume``) finds the budget spent and moves on; a
@@ -103,7 +106,7 @@ def tune_phase(jobs: list[Job], model_ids: dict[str, str], registry: Registry, t
     for job in jobs:
         if job.system != "tvm" or job.tuning != "tuned" or (job.pruning != "none" and prune_key(job) not in model_ids):
             continue
-        spec = build_spec(job, model_ids)
+        spec = build_spec(job, model_ids, calib_samples)
         distinct.setdefault(f"{spec.describe()}|{job.device}", (spec, registry.get(job.device)))
     task = progress.add_task("tune (distinct models x devices)", total=len(distinct)) if progress else None
     for spec, device in distinct.values():
@@ -132,7 +135,7 @@ def _compile_one(spec_dict: dict[str, Any], devices_file: str, device_name: str)
 
 
 def compile_phase(jobs: list[Job], model_ids: dict[str, str], registry: Registry, executor: str,
-                  log: Callable[[str], None], progress: Progress | None) -> int:
+                  log: Callable[[str], None], progress: Progress | None, calib_samples: int) -> int:
     """Build every distinct artifact once; returns how many distinct builds there were."""
     from ..compile import build_key  # noqa: PLC0415
 
@@ -140,7 +143,7 @@ def compile_phase(jobs: list[Job], model_ids: dict[str, str], registry: Registry
     for job in jobs:
         if job.system != "tvm" or (job.pruning != "none" and prune_key(job) not in model_ids):
             continue
-        spec = build_spec(job, model_ids)
+        spec = build_spec(job, model_ids, calib_samples)
         device = registry.get(job.device)
         try:
             key = build_key(spec, device)
@@ -215,7 +218,7 @@ def device_worker(device_name: str, devices_file: str, db_path: str, data_dir: s
             store.add(row)
             events.put(("done", device_name, row.status))
             continue
-        spec = build_spec(job, model_ids)
+        spec = build_spec(job, model_ids, settings.calib_samples)
         row = None
         for attempt in range(settings.retries + 1):
             capture = _Capture()
@@ -279,8 +282,8 @@ def run_sweep(sweep_id: str, registry: Registry, store: ResultStore, executor: s
     with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
         model_ids, model_errors = prepare_pruned_models(pending, log)
         if spec.run.tune_trials > 0:
-            tune_phase(pending, model_ids, registry, spec.run.tune_trials, log, progress)
-        compile_phase(pending, model_ids, registry, executor, log, progress)
+            tune_phase(pending, model_ids, registry, spec.run.tune_trials, log, progress, spec.run.calib_samples)
+        compile_phase(pending, model_ids, registry, executor, log, progress, spec.run.calib_samples)
         by_device: dict[str, list[dict[str, Any]]] = {}
         for job in pending:
             by_device.setdefault(job.device, []).append(asdict(job))

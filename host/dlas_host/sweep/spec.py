@@ -46,6 +46,7 @@ class Grid(BaseModel):
     algorithms: list[str] = ["spatial_pack"]
     layouts: list[str] = ["NCHW"]
     sparse_formats: list[str] = ["dense"]
+    bsr_blocks: list[str] = ["4x1"]  # RxC block of BSR layers (other formats ignore it)
     systems: list[str] = ["tvm"]
     tuning: list[str] = ["untuned"]
 
@@ -61,10 +62,11 @@ class SweepSpec(BaseModel):
 
 
 DIM_KEYS = ("device", "dataset", "model", "pruning", "quantization", "algorithm", "layout", "sparse_format",
-            "system", "tuning")
+            "bsr_block", "system", "tuning")
 _GRID_TO_DIM = {"devices": "device", "datasets": "dataset", "models": "model", "pruning": "pruning",
                 "quantization": "quantization", "algorithms": "algorithm", "layouts": "layout",
-                "sparse_formats": "sparse_format", "systems": "system", "tuning": "tuning"}
+                "sparse_formats": "sparse_format", "bsr_blocks": "bsr_block", "systems": "system", "tuning": "tuning"}
+DEFAULT_BSR_BLOCK = "4x1"
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,20 @@ class Job:
     sparse_format: str = "dense"
     system: str = "tvm"
     tuning: str = "n/a"
+    bsr_block: str = ""  # RxC for BSR jobs, "" otherwise
 
     @property
     def key(self) -> str:
-        return key_of(asdict(self))[:20]
+        data = asdict(self)
+        if not self.bsr_block or self.bsr_block == DEFAULT_BSR_BLOCK:
+            data.pop("bsr_block")  # sweeps stored before blocks were a dimension keep their job keys
+        return key_of(data)[:20]
 
     def label(self) -> str:
         parts = [self.model, self.dataset, self.system]
         if self.system == "tvm":
-            parts += [f"{self.algorithm}/{self.layout}/{self.sparse_format}", self.tuning]
+            fmt = f"{self.sparse_format}{self.bsr_block}" if self.sparse_format == "bsr" else self.sparse_format
+            parts += [f"{self.algorithm}/{self.layout}/{fmt}", self.tuning]
         if self.pruning != "none":
             parts.append(self.pruning)
         if self.quantization != "float32":
@@ -134,12 +141,15 @@ def _normalise(job: dict[str, Any]) -> Job:
     data = dict(job)
     if data.get("system", "tvm") != "tvm":
         data.update(algorithm="n/a", layout="n/a", sparse_format="dense", tuning="n/a")
+    if data.get("sparse_format") != "bsr":
+        data["bsr_block"] = ""
     return Job(**data)
 
 
 def _check_values(job: Job, registry: Registry) -> None:
     from .. import zoo  # noqa: PLC0415
-    from ..lower.policy import LoweringPolicy  # noqa: PLC0415
+    from ..lower.policy import LoweringPolicy, parse_block  # noqa: PLC0415
+    from ..optimize.spec import PruneSpec  # noqa: PLC0415
 
     zoo.spec(job.model)
     zoo.dataset(job.dataset)
@@ -151,9 +161,10 @@ def _check_values(job: Job, registry: Registry) -> None:
     if job.system == "tvm":
         if job.tuning not in ("untuned", "tuned"):
             raise SweepSpecError(f"unknown tuning {job.tuning!r}; supported: untuned, tuned")
-        LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format)
-    if job.pruning != "none" and job.pruning.count(":") != 3:
-        raise SweepSpecError(f"pruning {job.pruning!r}: expected none or KIND:SCOPE:SCORE:AMOUNT")
+        LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format,
+                       bsr_block=parse_block(job.bsr_block or DEFAULT_BSR_BLOCK)).validate()
+    if job.pruning != "none":
+        PruneSpec.parse(job.pruning)
 
 
 def _devices(names: list[str], registry: Registry) -> list[str]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from . import schedule_cpu as sc
-from .common import ConvGeom, pad_nchw, pick_block
+from .. import schedule_cpu as sc
+from ..common import ConvGeom, pad_nchw, pick_block
+from ..registry import Kernel, KernelRequest, register
 from .conv_spatial_pack import nchwc_remap
-from .targets import TargetInfo
+from ..targets import TargetInfo
 
 INTRIN = {"vnni": "dlas_dot_16x4_vnni", "sdot": "dlas_dot_4x4_sdot"}
 _REGISTERED = False
@@ -227,4 +228,26 @@ def schedule_dense_int8(sch: sc.Sched, anchor, info: TargetInfo) -> None:
     sch.tensorize(ji, INTRIN[dot])
 
 
-CPU_SCHEDULES = {"conv_int8": schedule_conv_int8, "dense_int8": schedule_dense_int8}
+def _signed_int8(req: KernelRequest) -> bool:
+    return req.dtype == "int8" and req.weight.dtype == np.int8  # the VNNI shift trick assumes signed int8
+
+
+def _emit_conv(req: KernelRequest):
+    ib, ob = 4, lanes_for(req.info)
+    wp, comp = pack_weight(req.weight, ib, ob, req.info)
+    return req.call(conv_int8_nchwc, req.data, req.const(wp, "int8"), req.const(comp, "int32"), req.geom, req.info,
+                    ib, ob, hint="dlas_conv_sp_int8")
+
+
+def _emit_dense(req: KernelRequest):
+    wp, comp = pack_dense(req.weight, req.info)
+    return req.call(dense_int8, req.data, req.const(wp, "int8"), req.const(comp, "int32"), req.weight.shape[1],
+                    req.info, hint="dlas_dense_int8")
+
+
+register(Kernel("conv_int8", "spatial_pack", ("conv2d",), "NCHW", "NCHWc", _emit_conv, schedule_conv_int8,
+                dtypes=("int8",), priority=10,
+                usable=lambda req: _signed_int8(req) and int8_dot_usable(req.geom, req.info, req.out_dtype)))
+register(Kernel("dense_int8", "gemm", ("dense",), "", "NC", _emit_dense, schedule_dense_int8, dtypes=("int8",),
+                priority=10,
+                usable=lambda req: _signed_int8(req) and dense_int8_usable(req.weight.shape, req.info, req.out_dtype)))

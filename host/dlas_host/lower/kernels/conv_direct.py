@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from . import schedule_cpu as sc
-from .common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
-from .targets import TargetInfo
+from .. import schedule_cpu as sc
+from ..common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
+from ..registry import Kernel, KernelRequest, register
+from ..targets import TargetInfo
 
 
 def weight_nchw(w_oihw: np.ndarray) -> np.ndarray:
@@ -108,4 +109,17 @@ def schedule_direct_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
 
-CPU_SCHEDULES = {"direct_nchw": schedule_direct_nchw, "direct_nhwc": schedule_direct_nhwc}
+def _emit_nchw(req: KernelRequest):
+    return req.call(direct_nchw, req.data, req.const(weight_nchw(req.weight)), req.geom, req.out_dtype, req.info,
+                    hint="dlas_conv_direct_nchw")
+
+
+def _emit_nhwc(req: KernelRequest):
+    return req.call(direct_nhwc, req.data, req.const(weight_nhwc(req.weight)), req.geom, req.out_dtype, req.info,
+                    hint="dlas_conv_direct_nhwc")
+
+
+register(Kernel("direct_nchw", "direct", ("conv2d", "grouped_conv2d"), "NCHW", "NCHW", _emit_nchw,
+                schedule_direct_nchw))
+register(Kernel("direct_nhwc", "direct", ("conv2d", "grouped_conv2d"), "NHWC", "NHWC", _emit_nhwc,
+                schedule_direct_nhwc))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from . import schedule_cpu as sc
-from .common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
-from .targets import TargetInfo
+from .. import schedule_cpu as sc
+from ..common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
+from ..registry import Kernel, KernelRequest, register
+from ..targets import TargetInfo
 
 
 def weight_nchw(w_oihw: np.ndarray, g: ConvGeom) -> np.ndarray:
@@ -114,4 +115,17 @@ def schedule_gemm_nhwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
 
-CPU_SCHEDULES = {"gemm_nchw": schedule_gemm_nchw, "gemm_nhwc": schedule_gemm_nhwc}
+def _emit_nchw(req: KernelRequest):
+    return req.call(gemm_nchw, req.data, req.const(weight_nchw(req.weight, req.geom)), req.geom, req.out_dtype,
+                    req.info, hint="dlas_conv_gemm_nchw")
+
+
+def _emit_nhwc(req: KernelRequest):
+    return req.call(gemm_nhwc, req.data, req.const(weight_nhwc(req.weight, req.geom)), req.geom, req.out_dtype,
+                    req.info, hint="dlas_conv_gemm_nhwc")
+
+
+# im2col handles groups, depthwise included (grouped im2col)
+OPS = ("conv2d", "grouped_conv2d", "depthwise_conv2d")
+register(Kernel("gemm_nchw", "gemm", OPS, "NCHW", "NCHW", _emit_nchw, schedule_gemm_nchw))
+register(Kernel("gemm_nhwc", "gemm", OPS, "NHWC", "NHWC", _emit_nhwc, schedule_gemm_nhwc))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from . import schedule_cpu as sc
-from .common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
+from .. import schedule_cpu as sc
+from ..common import ConvGeom, acc_cast, channel_block, pad_nchw, pad_nhwc, pick_block
+from ..registry import Kernel, KernelRequest, register
 from .conv_spatial_pack import nchwc_remap, pack_data
-from .targets import TargetInfo
+from ..targets import TargetInfo
 
 
 def weight_nchw(w_oihw: np.ndarray) -> np.ndarray:
@@ -124,4 +125,23 @@ def schedule_dw_nchwc(sch: sc.Sched, anchor, info: TargetInfo) -> None:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
 
-CPU_SCHEDULES = {"dw_nchw": schedule_dw_nchw, "dw_nhwc": schedule_dw_nhwc, "dw_nchwc": schedule_dw_nchwc}
+def _emit_nchw(req: KernelRequest):
+    return req.call(dw_nchw, req.data, req.const(weight_nchw(req.weight)), req.geom, req.out_dtype, req.info,
+                    hint="dlas_dw_nchw")
+
+
+def _emit_nhwc(req: KernelRequest):
+    return req.call(dw_nhwc, req.data, req.const(weight_nhwc(req.weight)), req.geom, req.out_dtype, req.info,
+                    hint="dlas_dw_nhwc")
+
+
+def _emit_nchwc(req: KernelRequest):
+    cb = channel_block_for(req.geom, req.info, req.out_dtype)
+    return req.call(dw_nchwc, req.data, req.const(weight_nchwc(req.weight, cb)), req.geom, req.out_dtype, req.info,
+                    cb, hint="dlas_dw_nchwc")
+
+
+DW = ("depthwise_conv2d",)
+register(Kernel("dw_nchw", "direct", DW, "NCHW", "NCHW", _emit_nchw, schedule_dw_nchw))
+register(Kernel("dw_nhwc", "direct", DW, "NHWC", "NHWC", _emit_nhwc, schedule_dw_nhwc))
+register(Kernel("dw_nchwc", "spatial_pack", DW, "NCHW", "NCHWc", _emit_nchwc, schedule_dw_nchwc))

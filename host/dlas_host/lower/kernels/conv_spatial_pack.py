@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from . import schedule_cpu as sc
-from .common import ConvGeom, acc_cast, pad_nchw, pick_block
-from .targets import TargetInfo
+from .. import schedule_cpu as sc
+from ..common import ConvGeom, acc_cast, pad_nchw, pick_block
+from ..registry import Kernel, KernelRequest, register
+from ..targets import TargetInfo
 
 
 def blocks_for(g: ConvGeom, info: TargetInfo, out_dtype: str) -> tuple[int, int]:
@@ -93,4 +94,11 @@ def schedule_spatial_pack(sch: sc.Sched, anchor, info: TargetInfo) -> None:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
 
-CPU_SCHEDULES = {"spatial_pack": schedule_spatial_pack}
+def _emit(req: KernelRequest):
+    ib, ob = blocks_for(req.geom, req.info, req.out_dtype)
+    wp = req.const(pack_weight(req.weight, ib, ob))
+    return req.call(spatial_pack_nchw, req.data, wp, req.geom, req.out_dtype, req.info, ib, ob,
+                    hint="dlas_conv_sp_nchwc")
+
+
+register(Kernel("spatial_pack", "spatial_pack", ("conv2d",), "NCHW", "NCHWc", _emit, schedule_spatial_pack))

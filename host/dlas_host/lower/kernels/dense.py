@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import te
 
-from . import schedule_cpu as sc
-from .common import acc_cast, pick_block
-from .targets import TargetInfo
+from .. import schedule_cpu as sc
+from ..common import acc_cast, pick_block
+from ..registry import Kernel, KernelRequest, register
+from ..targets import TargetInfo
 
 
 def block_for(n_out: int, info: TargetInfo, out_dtype: str) -> int:
@@ -52,4 +53,10 @@ def schedule_dense(sch: sc.Sched, anchor, info: TargetInfo) -> None:
         sc.schedule_tail_generic(sch, anchor, lanes)
 
 
-CPU_SCHEDULES = {"dense": schedule_dense}
+def _emit(req: KernelRequest):
+    n_out = req.weight.shape[1]
+    wp = req.const(pack_weight(req.weight, block_for(n_out, req.info, req.out_dtype)))
+    return req.call(dense, req.data, wp, n_out, req.out_dtype, req.info, hint="dlas_dense")
+
+
+register(Kernel("dense", "gemm", ("dense",), "", "NC", _emit, schedule_dense))
