@@ -5,11 +5,13 @@ Every problem in the file becomes one line that names the file, the device and t
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .paths import default_devices_file
 
@@ -22,6 +24,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Fields that end up in commands on the device (or in the host's own messages that suggest commands) admit
+# only characters that can never mean anything to a shell or a systemd unit; the commands quote them too.
+_HOST_RE = re.compile(r"[A-Za-z0-9_.:%-]+")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
+_WORD_RE = re.compile(r"[A-Za-z0-9_./~+@:-]+")  # an interpreter or a path on the device, one word
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:@-]*")
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Any:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value) or value.startswith("-"):
+            raise ValueError(f"{value!r} is not a valid {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} contains a control character (newline, tab, NUL ...)")
+    return value
+
+
+HostName = Annotated[str, _matching(_HOST_RE, "host name or address (letters, digits, . - : _ %)")]
+UserName = Annotated[str, _matching(_USER_RE, "user name (letters, digits, _ . @ -)")]
+DeviceWord = Annotated[str, _matching(_WORD_RE, "single path or command without spaces or shell characters "
+                                                 "(letters, digits, _ . / ~ + @ : -)")]
+ImageRef = Annotated[str, _matching(_IMAGE_RE, "container image reference (letters, digits, _ . / : @ -)")]
+OneLine = Annotated[str, AfterValidator(_no_control_chars)]
+
+
 class LocalConnection(_Strict):
     """The embedded default: an agent spawned on 127.0.0.1 by the host itself."""
 
@@ -30,21 +63,21 @@ class LocalConnection(_Strict):
 
 class SSHConnection(_Strict):
     type: Literal["ssh"]
-    host: str
+    host: HostName
     port: int = Field(22, ge=1, le=65535)
-    user: str
-    key_file: str | None = None
-    known_hosts: str | None = None  # default: ~/.ssh/known_hosts; host keys are never auto-accepted
-    netns: str | None = None  # reach the host from inside a network namespace (simulated labs)
+    user: UserName
+    key_file: OneLine | None = None
+    known_hosts: OneLine | None = None  # default: ~/.ssh/known_hosts; host keys are never auto-accepted
+    netns: OneLine | None = None  # reach the host from inside a network namespace (simulated labs)
 
 
 class TrackerConnection(_Strict):
     """A pooled device reached through a TVM RPC tracker, queued by key."""
 
     type: Literal["tracker"]
-    host: str = "127.0.0.1"
+    host: HostName = "127.0.0.1"
     port: int = Field(9190, ge=1, le=65535)
-    key: str
+    key: OneLine
 
 
 Connection = Annotated[Union[LocalConnection, SSHConnection, TrackerConnection], Field(discriminator="type")]
@@ -53,14 +86,14 @@ Connection = Annotated[Union[LocalConnection, SSHConnection, TrackerConnection],
 class AgentSettings(_Strict):
     rpc_port: int = Field(9190, ge=1, le=65535)
     mode: Literal["process", "container"] = "process"
-    image: str | None = None  # container image when mode is "container"
-    python: str = "python3"  # interpreter on the device used to install/run the agent
-    install_dir: str = "~/.dlas-agent"
+    image: ImageRef | None = None  # container image when mode is "container"
+    python: DeviceWord = "python3"  # interpreter on the device used to install/run the agent
+    install_dir: DeviceWord = "~/.dlas-agent"
     session_timeout_s: int = Field(600, ge=10)
 
 
 class Device(_Strict):
-    name: str
+    name: OneLine
     description: str = ""
     connection: Connection = LocalConnection()
     arch: Literal["x86_64", "aarch64"]
@@ -104,11 +137,36 @@ def build_target(target: dict[str, Any]) -> Any:
 
     if not isinstance(target, dict) or "kind" not in target:
         raise ValueError("target must be a mapping with a 'kind' (e.g. {kind: llvm, mcpu: znver4})")
+    resolved = resolve_target_dict(target)
+    _check_llvm_names(resolved)
     try:
-        return tvm.target.Target(resolve_target_dict(target))
+        return tvm.target.Target(resolved)
     except Exception as exc:  # noqa: BLE001 - TVM raises several types; all mean "impossible target"
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         raise ValueError(f"TVM rejects this target: {lines[-1] if lines else type(exc).__name__}") from None
+
+
+def _check_llvm_names(target: dict[str, Any]) -> None:
+    """LLVM compiles for a generic CPU when it does not know ``mcpu`` (TVM only logs it): refuse that, and a
+    triple LLVM does not know (asking LLVM for the CPUs of such a triple crashes the process)."""
+    if isinstance(target.get("host"), dict):
+        _check_llvm_names(target["host"])
+    if target.get("kind") != "llvm":
+        return
+    import tvm  # noqa: PLC0415
+    from tvm.target import codegen  # noqa: PLC0415
+
+    triple = str(target.get("mtriple") or codegen.llvm_get_system_triple())
+    if not codegen.llvm_is_valid_cpu("generic", triple):
+        raise ValueError(f"LLVM does not know the target triple {triple!r}")
+    mcpu = target.get("mcpu")
+    if not mcpu or codegen.llvm_is_valid_cpu(str(mcpu), triple):
+        return
+    known = list(codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple})))
+    close = difflib.get_close_matches(str(mcpu), known, n=3, cutoff=0.5)
+    raise ValueError(f"LLVM does not know mcpu {mcpu!r} for {triple}"
+                     + (f" (closest: {', '.join(close)})" if close else "")
+                     + f"; the {len(known)} it knows: {', '.join(known)}")
 
 
 class Registry(BaseModel):
@@ -143,12 +201,38 @@ def _format_error(path: Path, device: str, exc: ValidationError) -> str:
     return f"{path}: device {device!r}: field {loc or '(device)'}: {msg}{more}"
 
 
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, level: str = "top",
+                           device: str | None = None) -> None:
+    """YAML keeps the last of two equal keys without a word: a second device of the same name would silently
+    replace the first. ``level``: "top" (the document), "devices" (the name -> settings mapping) or "inner"."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(path, item, "inner", device)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        if key in seen and level == "devices":
+            raise DeviceConfigError(f"{path}: device {key!r} is defined twice (lines {seen[key]} and {line}); "
+                                    "device names must be unique")
+        if key in seen:
+            where = f"device {device!r}: " if device is not None else ""
+            raise DeviceConfigError(f"{path}: {where}key {key!r} is given twice (lines {seen[key]} and {line})")
+        seen[key] = line
+        inner = "devices" if level == "top" and key == "devices" else "inner"
+        _refuse_duplicate_keys(path, value_node, inner, key if level == "devices" else device)
+
+
 def load(path: Path | str | None = None) -> Registry:
     path = Path(path) if path is not None else default_devices_file()
     if not path.is_file():
         raise DeviceConfigError(f"{path}: devices file not found (set DLAS_DEVICES or pass --devices)")
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        _refuse_duplicate_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -26,6 +26,7 @@ from .ssh import SSH, AuthFailed, HostKeyChanged, HostKeyUnknown, SSHError
 
 Log = Callable[[str], None]
 SERVICE = "dlas-agent"
+ENGINES = ("podman", "docker")
 FORMAT_VERSION = 1
 
 
@@ -66,12 +67,13 @@ class DeployReport:
 
 
 def _probe_script(install_dir: str, python: str) -> str:
+    """Read-only: what the device is and what is deployed (every configured value is one quoted shell word)."""
     d = _remote_path(install_dir)
     return f"""
 echo "arch=$(uname -m)"
 if [ -r /etc/os-release ]; then . /etc/os-release; echo "os=$PRETTY_NAME"; else echo "os=$(uname -s)"; fi
 echo "home=$HOME"
-echo "python=$({python} -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
+echo "python=$({_remote_path(python)} -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader 2>/dev/null | sed 's/^/gpu=/'
 fi
@@ -79,7 +81,7 @@ fi
 if command -v systemctl >/dev/null 2>&1 && timeout 5 systemctl --user show-environment >/dev/null 2>&1; then
   echo systemd_user=1
 fi
-for e in podman docker; do command -v $e >/dev/null 2>&1 && echo "engine=$e"; done
+for e in {" ".join(ENGINES)}; do command -v $e >/dev/null 2>&1 && echo "engine=$e"; done
 [ -r {d}/deployed.json ] && echo "deployed=$(tr -d '\\n' < {d}/deployed.json)"
 if [ -r {d}/supervisor.pid ] && kill -0 "$(cat {d}/supervisor.pid)" 2>/dev/null; then echo supervisor_alive=1; fi
 true
@@ -87,7 +89,7 @@ true
 
 
 def _remote_path(path: str) -> str:
-    """A shell word for a remote path; a leading ~ becomes $HOME (expanded by the remote shell)."""
+    """A shell word for a remote path (or command); a leading ~ becomes $HOME (expanded by the remote shell)."""
     if path == "~":
         return '"$HOME"'
     if path.startswith("~/"):
@@ -103,7 +105,7 @@ def probe(ssh: SSH, device: Device) -> Probe:
         value = value.strip()
         if key == "gpu":
             p.gpus.append(value)
-        elif key == "engine":
+        elif key == "engine" and value in ENGINES:  # the value becomes a command: only the two we know
             p.engines.append(value)
         elif key == "deployed":
             try:
@@ -179,13 +181,14 @@ done
 
 
 def systemd_unit(install_dir_abs: str, port: int, threads: int) -> str:
+    python = _systemd_word(f"{install_dir_abs}/current/bin/python")
     return f"""[Unit]
 Description=DLAS Lab device agent (TVM runtime RPC on 127.0.0.1:{port})
 After=network.target
 
 [Service]
 Environment=TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1
-ExecStart={install_dir_abs}/current/bin/python -m dlas_agent serve --host 127.0.0.1 --port {port} --threads {threads}
+ExecStart={python} -m dlas_agent serve --host 127.0.0.1 --port {port} --threads {threads}
 Restart=always
 RestartSec=2
 StartLimitIntervalSec=300
@@ -195,6 +198,13 @@ KillMode=control-group
 [Install]
 WantedBy=default.target
 """
+
+
+def _systemd_word(value: str) -> str:
+    """One word of a unit's command line: quoted, with systemd's specifier (%) and variable ($) signs escaped."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("%", "%%")
+               .replace("$", "$$"))
+    return f'"{escaped}"'
 
 
 def stop_script(install_dir: str) -> str:
@@ -254,6 +264,8 @@ def fingerprint(device: Device, manifest: dict[str, str], extra: dict[str, Any],
 def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool = False, log: Log = print,
            timeouts: Timeouts | None = None, start_timeout_s: float = 180.0, install_timeout_s: float = 900.0,
            force: bool = False) -> DeployReport:
+    """Install or update the agent (see module docstring). ``dry_run`` runs only the read-only probe (and, for
+    containers, ``image inspect``) and logs the plan: nothing is uploaded, installed, started or written."""
     conn = device.connection
     if conn.type != "ssh":
         raise DeployError(f"{device.name}: deploy works on SSH devices; this one is {conn.type} "
@@ -362,16 +374,9 @@ def _install_process(ssh: SSH, device: Device, p: Probe, bundle: Path, manifest:
 
     # fresh venv, install offline, strip to runtime only
     t0 = time.monotonic()
-    venv = f"{d}/venvs/{fp[:12]}"
     log(f"{device.name}: installing into a fresh venv (offline)")
     remove = list(RUNTIME_ONLY_REMOVE) + ([] if device.is_cuda else list(CPU_ONLY_REMOVE))
-    rm_code = ("import importlib.util, os; t = importlib.util.find_spec('tvm').submodule_search_locations[0]; "
-               f"[os.remove(os.path.join(t, r)) for r in {remove!r} if os.path.exists(os.path.join(t, r))]; "
-               "print(t)")
-    ssh.run(f"rm -rf {venv} && {a.python} -m venv {venv} && "
-            f"{venv}/bin/python -m pip install -q --no-index --find-links {d}/bundle --no-compile "
-            f"--disable-pip-version-check dlas-agent && {venv}/bin/python -c {shlex.quote(rm_code)}",
-            timeout_s=install_timeout_s)
+    ssh.run(install_command(a.install_dir, a.python, fp[:12], remove), timeout_s=install_timeout_s)
     report.actions.append(f"installed dlas-agent into venvs/{fp[:12]} and removed {', '.join(remove)}")
     report.timings_s["install"] = time.monotonic() - t0
 
@@ -388,6 +393,19 @@ def _install_process(ssh: SSH, device: Device, p: Probe, bundle: Path, manifest:
               "service": "systemd-user" if p.systemd_user else "supervisor", "rpc_port": a.rpc_port}
     ssh.put_text(json.dumps(record), f"{d_abs}/deployed.json")
     ssh.run(f"cd {d}/venvs && for v in *; do [ \"$v\" = {fp[:12]} ] || rm -rf \"$v\"; done; true", timeout_s=120)
+
+
+def install_command(install_dir: str, python: str, venv_name: str, remove: list[str]) -> str:
+    """Shell command: a fresh venv ``venvs/<venv_name>`` made by ``python``, the agent installed into it from
+    the uploaded bundle (offline), then ``remove`` (paths inside the tvm package) deleted."""
+    d = _remote_path(install_dir)
+    venv = f"{d}/venvs/{shlex.quote(venv_name)}"
+    rm_code = ("import importlib.util, os; t = importlib.util.find_spec('tvm').submodule_search_locations[0]; "
+               f"[os.remove(os.path.join(t, r)) for r in {remove!r} if os.path.exists(os.path.join(t, r))]; "
+               "print(t)")
+    return (f"rm -rf {venv} && {_remote_path(python)} -m venv {venv} && "
+            f"{venv}/bin/python -m pip install -q --no-index --find-links {d}/bundle --no-compile "
+            f"--disable-pip-version-check dlas-agent && {venv}/bin/python -c {shlex.quote(rm_code)}")
 
 
 def _start_service(ssh: SSH, device: Device, p: Probe, report: DeployReport) -> None:

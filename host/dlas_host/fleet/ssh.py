@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import socket
 import threading
 import time
@@ -155,12 +156,13 @@ class SSH:
             if isinstance(cause, SSHError):
                 raise cause from None
             if isinstance(cause, paramiko.BadHostKeyException):
+                forget = f"ssh-keygen -R {shlex.quote(host_key_name(conn))} -f {shlex.quote(str(kh_path))}"
                 raise HostKeyChanged(
                     f"{where}: HOST KEY CHANGED: the server offered {cause.key.get_name()} "
                     f"{cause.key.get_fingerprint().hex()} but {kh_path} records "
                     f"{cause.expected_key.get_fingerprint().hex()}; refusing to connect (possible "
                     "man-in-the-middle, or the device was reinstalled: verify, then remove the old line "
-                    f"with `ssh-keygen -R '{host_key_name(conn)}' -f {kh_path}`)") from None
+                    f"with `{forget}`)") from None
             if isinstance(cause, paramiko.AuthenticationException):
                 raise AuthFailed(f"{where}: authentication failed with key {key_file or '(ssh agent/default keys)'}: "
                                  f"{cause}") from None

@@ -212,8 +212,9 @@ class Tuner:
         self.spec = spec
         self.devices = devices
         self.options = options or TuneOptions()
-        if self.options.batch < 1 or self.options.trials < 0:
-            raise TuneError("trials must be >= 0 and batch >= 1")
+        if self.options.batch < 1 or self.options.trials < 1:
+            raise TuneError(f"trials must be >= 1 and batch >= 1 (got trials {self.options.trials}, "
+                            f"batch {self.options.batch})")
         self.target = tuning_target(devices[0].tvm_target(), devices[0].threads)
         self.records = records or TuningRecords(self.target)
         self.database = self.records.database()
