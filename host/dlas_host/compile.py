@@ -230,7 +230,10 @@ def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None
             except ImportError:
                 raise CapabilityMissing("tuned builds need the tuning layer (dlas_host.tune), which is not "
                                         "installed here; use --tuning untuned") from None
-            executable, layers = tune_apply.build_tuned(mod, device, spec.policy, quantize=quantize)
+            try:
+                executable, layers = tune_apply.build_tuned(mod, device, spec.policy, quantize=quantize)
+            except tune_apply.NoTuningRecords as exc:
+                raise CapabilityMissing(str(exc)) from None
         elif spec.policy.is_stock:  # TVM's own pipeline builds it; the manifest reads its legalization
             layers = lower.lower_with_manifest(mod, target, spec.policy, schedule=False, quantize=quantize).manifest
             executable = tvm.compile(mod, target=target)
@@ -263,19 +266,17 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
         raise
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"TVM build for {device.name} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-    scratch = cache.scratch()
-    lib_path = scratch / "model.so"
-    export_library(executable, lib_path, device)
-    compile_s = time.perf_counter() - t0
-    meta = {
-        "model": spec.model, "dataset": spec.dataset, "device": device.name, "target": str(device.tvm_target()),
-        "policy": spec.policy.canonical(), "quantize": spec.quantize, "tuning": spec.tuning,
-        "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in inputs],
-        "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(), "manifest": manifest,
-    }
-    entry = cache.put(key, lib_path, meta)
-    lib_path.unlink(missing_ok=True)
-    scratch.rmdir()
+    with cache.scratch_dir() as scratch:  # removed on error too (a failed export leaves no litter)
+        lib_path = scratch / "model.so"
+        export_library(executable, lib_path, device)
+        compile_s = time.perf_counter() - t0
+        meta = {
+            "model": spec.model, "dataset": spec.dataset, "device": device.name, "target": str(device.tvm_target()),
+            "policy": spec.policy.canonical(), "quantize": spec.quantize, "tuning": spec.tuning,
+            "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in inputs],
+            "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(), "manifest": manifest,
+        }
+        entry = cache.put(key, lib_path, meta)
     return _artifact(spec, device, entry, cached=False)
 
 

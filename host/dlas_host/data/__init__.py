@@ -14,6 +14,7 @@ Directories come from an explicit argument, then ``$DLAS_CIFAR10_DIR`` / ``$DLAS
 
 from __future__ import annotations
 
-from .base import DatasetError, DatasetInfo, info, loaders, load, model_dataset, resolve_dir
+from .base import loaders, load, resolve_dir
+from .info import DatasetError, DatasetInfo, info, model_dataset
 
 __all__ = ["DatasetError", "DatasetInfo", "info", "load", "loaders", "model_dataset", "resolve_dir"]

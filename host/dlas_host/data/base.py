@@ -4,51 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-class DatasetError(ValueError):
-    """A dataset that is unknown, missing or malformed; the message is one line that says what to do."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    image_size: int
-    num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    # zoo dataset whose model form (stem, classifier width) this dataset uses
-    model_form: str
-    env_var: str | None
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           "cifar10", "DLAS_CIFAR10_DIR"),
-    "imagenet": DatasetInfo("imagenet", 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                            "imagenet", "DLAS_IMAGENET_DIR"),
-    "digits": DatasetInfo("digits", 32, 10, (0.3053, 0.3053, 0.3053), (0.3236, 0.3236, 0.3236), "cifar10", None),
-}
-
-SPLITS = ("train", "test")
-
-
-def info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
-
-
-def model_dataset(name: str) -> str:
-    """The zoo dataset name to build models for ``name`` with (digits uses the CIFAR-10 form)."""
-    return info(name).model_form
+from .cifar import load_cifar10
+from .digits import load_digits
+from .imagenet import load_imagenet
+from .info import SPLITS, DatasetError, info
 
 
 def _config_file() -> Path:
@@ -84,16 +48,10 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None, *,
         raise DatasetError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     augment = (split == "train") if augment is None else augment
     if name == "digits":
-        from .digits import load_digits
-
         out: Dataset = load_digits(split, ds)
     elif name == "cifar10":
-        from .cifar import load_cifar10
-
         out = load_cifar10(resolve_dir(name, data_dir), split, ds, augment)
     else:
-        from .imagenet import load_imagenet
-
         out = load_imagenet(resolve_dir(name, data_dir), split, ds, augment)
     if limit is not None and limit < len(out):  # type: ignore[arg-type]
         out = torch.utils.data.Subset(out, range(limit))
@@ -110,5 +68,3 @@ def loaders(name: str, batch_size: int = 128, data_dir: str | Path | None = None
     return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, generator=gen),
             DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers))
 
-
-Transform = Callable[[torch.Tensor], torch.Tensor]

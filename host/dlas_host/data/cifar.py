@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import Dataset
 
-from .base import DatasetError, DatasetInfo
+from .info import DatasetError, DatasetInfo
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]

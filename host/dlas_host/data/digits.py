@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .base import DatasetInfo
+from .info import DatasetInfo
 
 TEST_FRACTION = 0.2
 

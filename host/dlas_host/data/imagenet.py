@@ -8,7 +8,7 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import Dataset
 
-from .base import DatasetError, DatasetInfo
+from .info import DatasetError, DatasetInfo
 
 
 

@@ -5,11 +5,25 @@ started as ``python -m dlas_host.engines.run ENGINE`` so no two engines ever sha
 spinning threads make other engines in the same process look slower).
 """
 
-ENGINES = {
-    "torch": "dlas_host.engines.torch_eager",
-    "onnxruntime": "dlas_host.engines.onnx_runtime",
-    "torch_compile": "dlas_host.engines.torch_compiled",
-}
+import ast
+import pkgutil
+from pathlib import Path
+
+
+def _discover() -> dict[str, str]:
+    """{engine name: module} for every module here that declares ``ENGINE = "name"`` (read without importing
+    it, so listing the engines never loads a framework). Adding a baseline is adding one such file."""
+    found: dict[str, str] = {}
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        tree = ast.parse((Path(__file__).parent / f"{info.name}.py").read_text())
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["ENGINE"]
+                    and isinstance(node.value, ast.Constant)):
+                found[node.value.value] = f"{__name__}.{info.name}"
+    return dict(sorted(found.items(), key=lambda kv: kv[0] != "torch"))  # the reference framework first
+
+
+ENGINES = _discover()
 
 
 class EngineUnavailable(RuntimeError):

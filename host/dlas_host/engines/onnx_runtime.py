@@ -12,6 +12,8 @@ import numpy as np
 from . import EngineUnavailable
 from .torch_eager import time_callable
 
+ENGINE = "onnxruntime"  # the system name in results and sweeps (discovered by engines/__init__)
+
 
 def export_onnx(model, inputs, path: Path) -> None:
     import torch

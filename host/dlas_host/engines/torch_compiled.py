@@ -13,6 +13,8 @@ import numpy as np
 from . import EngineUnavailable
 from .torch_eager import time_callable
 
+ENGINE = "torch_compile"  # the system name in results and sweeps (discovered by engines/__init__)
+
 
 def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray]]:
     import torch

@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+ENGINE = "torch"  # the system name in results and sweeps (discovered by engines/__init__)
+
 
 def time_callable(fn, number: int, repeat: int, warmup: int) -> list[float]:
     """Samples in ms; each sample is the mean of ``number`` calls (TVM time_evaluator semantics)."""

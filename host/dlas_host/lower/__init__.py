@@ -49,10 +49,10 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, tirx
 
-from .legalize import Dispatcher, LayerPlan, PolicyError, inject_sparsity, supported_text
+from .legalize import Dispatcher, LayerPlan, inject_sparsity
 from .manifest import LayerBuild, ManifestError, build_manifest
 from .manifest import check as check_manifest
-from .policy import LoweringPolicy
+from .policy import LoweringPolicy, PolicyError, supported_text
 from .targets import TargetInfo, target_info
 
 __all__ = ["LayerBuild", "Lowered", "LoweringPolicy", "ManifestError", "PolicyError", "compile_pipeline",

@@ -19,22 +19,9 @@ from tvm.ir.expr import Constant
 
 from . import registry
 from .common import ConvGeom
-from .policy import LoweringPolicy, PolicyError
+from .policy import LoweringPolicy, PolicyError, check_combination
 from .registry import KernelLookupError, KernelRequest
 from .targets import TargetInfo
-
-
-def supported_text() -> str:
-    return "; ".join(f"{a}: {', '.join(registry.conv_layouts(a))}" for a in registry.algorithms())
-
-
-def check_combination(algorithm: str, layout: str, what: str = "algorithm") -> None:
-    if algorithm not in registry.algorithms():
-        raise PolicyError(f"unknown {what} {algorithm!r}; supported: {', '.join(registry.algorithms())}")
-    if layout not in registry.conv_layouts(algorithm):
-        raise PolicyError(
-            f"{what} {algorithm!r} does not support layout {layout!r}; supported combinations: {supported_text()}"
-        )
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..dimensions import SPARSE_FORMATS, parse_block  # noqa: F401 - parse_block: re-exported
+
 # Algorithms and layouts are owned by the kernel registry (``lower.registry``): ``validate()`` checks them.
 # `stock` is TVM's own default pipeline with no project kernels (kept for comparison only).
-SPARSE_FORMATS = ("dense", "csr", "bsr", "coo")
-DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 
 class PolicyError(ValueError):
@@ -49,8 +49,6 @@ class LoweringPolicy:
 
     def validate(self) -> "LoweringPolicy":
         """Check algorithms and layouts against the registered kernels (imports TVM); returns self."""
-        from .legalize import check_combination  # noqa: PLC0415 - the registry loads the kernels
-
         check_combination(self.algorithm, self.layout)
         between = "NHWC" if self.layout == "NHWC" else "NCHW"  # NCHWc lives inside spatial-pack kernels only
         if self.depthwise_algorithm is not None and not self.is_stock:
@@ -68,12 +66,22 @@ class LoweringPolicy:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
-def parse_block(text: str) -> tuple[int, int]:
-    """``"4x1"`` -> (4, 1): a BSR block of rows (output channels) x columns; a PolicyError otherwise."""
-    rows, sep, cols = text.strip().lower().partition("x")
-    if not (sep and rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
-        raise PolicyError(f"bad BSR block {text!r}; expected RxC with positive integers, e.g. 4x1")
-    return int(rows), int(cols)
+def supported_text() -> str:
+    from . import registry  # noqa: PLC0415 - loading the kernels imports TVM
+
+    return "; ".join(f"{a}: {', '.join(registry.conv_layouts(a))}" for a in registry.algorithms())
+
+
+def check_combination(algorithm: str, layout: str, what: str = "algorithm") -> None:
+    """An algorithm some kernel registers, with a layout its kernels read; a one-line PolicyError otherwise."""
+    from . import registry  # noqa: PLC0415
+
+    if algorithm not in registry.algorithms():
+        raise PolicyError(f"unknown {what} {algorithm!r}; supported: {', '.join(registry.algorithms())}")
+    if layout not in registry.conv_layouts(algorithm):
+        raise PolicyError(
+            f"{what} {algorithm!r} does not support layout {layout!r}; supported combinations: {supported_text()}"
+        )
 
 
 def _check(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -7,19 +7,18 @@ resumable: a job whose key already has a final row in the store is not run again
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, field, make_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .. import dimensions
 from ..cache import key_of
+from ..dimensions import DIMENSIONS
 from ..devices import Registry
-
-SYSTEMS = ("tvm", "torch", "onnxruntime", "torch_compile")
-
 
 class SweepSpecError(ValueError):
     """A sweep spec that is malformed or names something unknown."""
@@ -36,19 +35,9 @@ class RunSettings(BaseModel):
     tune_trials: int = Field(0, ge=0)  # > 0: tune every tuned job's model on its device first (dlas-host tune)
 
 
-class Grid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    devices: list[str] = ["local"]  # names, "tag:NAME" or "all"
-    datasets: list[str] = ["cifar10"]
-    models: list[str] = ["resnet18"]
-    pruning: list[str] = ["none"]  # none | KIND:SCOPE:SCORE:AMOUNT (see `dlas-host optimize`)
-    quantization: list[str] = ["float32"]  # float32 | float16 | bfloat16 | int8
-    algorithms: list[str] = ["spatial_pack"]
-    layouts: list[str] = ["NCHW"]
-    sparse_formats: list[str] = ["dense"]
-    bsr_blocks: list[str] = ["4x1"]  # RxC block of BSR layers (other formats ignore it)
-    systems: list[str] = ["tvm"]
-    tuning: list[str] = ["untuned"]
+Grid = create_model(  # one list per DLAS dimension (dimensions.DIMENSIONS), the dimension's default first
+    "Grid", __config__=ConfigDict(extra="forbid"),
+    **{d.grid: (list[str], [d.default]) for d in DIMENSIONS})
 
 
 class SweepSpec(BaseModel):
@@ -61,45 +50,35 @@ class SweepSpec(BaseModel):
     run: RunSettings = RunSettings()
 
 
-DIM_KEYS = ("device", "dataset", "model", "pruning", "quantization", "algorithm", "layout", "sparse_format",
-            "bsr_block", "system", "tuning")
-_GRID_TO_DIM = {"devices": "device", "datasets": "dataset", "models": "model", "pruning": "pruning",
-                "quantization": "quantization", "algorithms": "algorithm", "layouts": "layout",
-                "sparse_formats": "sparse_format", "bsr_blocks": "bsr_block", "systems": "system", "tuning": "tuning"}
-DEFAULT_BSR_BLOCK = "4x1"
+DIM_KEYS = tuple(d.name for d in DIMENSIONS)
+_GRID_TO_DIM = {d.grid: d.name for d in DIMENSIONS}
+DEFAULT_BSR_BLOCK = dimensions.get("bsr_block").default
 
 
-@dataclass(frozen=True)
-class Job:
-    device: str
-    dataset: str
-    model: str
-    pruning: str = "none"
-    quantization: str = "float32"
-    algorithm: str = "n/a"
-    layout: str = "n/a"
-    sparse_format: str = "dense"
-    system: str = "tvm"
-    tuning: str = "n/a"
-    bsr_block: str = ""  # RxC for BSR jobs, "" otherwise
+def _key(self: Any) -> str:
+    data = asdict(self)
+    if not self.bsr_block or self.bsr_block == DEFAULT_BSR_BLOCK:
+        data.pop("bsr_block")  # sweeps stored before blocks were a dimension keep their job keys
+    return key_of(data)[:20]
 
-    @property
-    def key(self) -> str:
-        data = asdict(self)
-        if not self.bsr_block or self.bsr_block == DEFAULT_BSR_BLOCK:
-            data.pop("bsr_block")  # sweeps stored before blocks were a dimension keep their job keys
-        return key_of(data)[:20]
 
-    def label(self) -> str:
-        parts = [self.model, self.dataset, self.system]
-        if self.system == "tvm":
-            fmt = f"{self.sparse_format}{self.bsr_block}" if self.sparse_format == "bsr" else self.sparse_format
-            parts += [f"{self.algorithm}/{self.layout}/{fmt}", self.tuning]
-        if self.pruning != "none":
-            parts.append(self.pruning)
-        if self.quantization != "float32":
-            parts.append(self.quantization)
-        return " ".join(parts)
+def _label(self: Any) -> str:
+    parts = [self.model, self.dataset, self.system]
+    if self.system == "tvm":
+        fmt = f"{self.sparse_format}{self.bsr_block}" if self.sparse_format == "bsr" else self.sparse_format
+        parts += [f"{self.algorithm}/{self.layout}/{fmt}", self.tuning]
+    if self.pruning != "none":
+        parts.append(self.pruning)
+    if self.quantization != "float32":
+        parts.append(self.quantization)
+    return " ".join(parts)
+
+
+Job = make_dataclass(  # one field per DLAS dimension: a job is one point of the grid
+    "Job", [(d.name, str, field(default=d.default)) for d in DIMENSIONS], frozen=True,
+    namespace={"key": property(_key), "label": _label,
+               "__doc__": "One point of a sweep: a value for every DLAS dimension (see dlas_host.dimensions)."})
+Job.__module__ = __name__
 
 
 def load_spec(source: str | Path) -> SweepSpec:
@@ -137,34 +116,21 @@ def parse_spec(text: str, where: str = "sweep spec") -> SweepSpec:
 
 
 def _normalise(job: dict[str, Any]) -> Job:
-    """Dimensions that do not apply to a job collapse to 'n/a', so equal jobs get equal keys."""
-    data = dict(job)
-    if data.get("system", "tvm") != "tvm":
-        data.update(algorithm="n/a", layout="n/a", sparse_format="dense", tuning="n/a")
-    if data.get("sparse_format") != "bsr":
-        data["bsr_block"] = ""
-    return Job(**data)
+    """Dimensions that do not apply to a job collapse to their 'n/a' value, so equal jobs get equal keys."""
+    return Job(**dimensions.applicable(job))
 
 
 def _check_values(job: Job, registry: Registry) -> None:
-    from .. import zoo  # noqa: PLC0415
     from ..lower.policy import LoweringPolicy, parse_block  # noqa: PLC0415
-    from ..optimize.spec import PruneSpec  # noqa: PLC0415
 
-    zoo.spec(job.model)
-    zoo.dataset(job.dataset)
     registry.get(job.device)
-    if job.system not in SYSTEMS:
-        raise SweepSpecError(f"unknown system {job.system!r}; supported: {', '.join(SYSTEMS)}")
-    if job.quantization not in ("float32", "float16", "bfloat16", "int8"):
-        raise SweepSpecError(f"unknown quantization {job.quantization!r}; supported: float32, float16, bfloat16, int8")
+    values = asdict(job)
+    for dim in DIMENSIONS:
+        if dim.name != "device" and values[dim.name] != (dim.not_applicable if dim.tvm_only else None):
+            dim.check(values[dim.name])
     if job.system == "tvm":
-        if job.tuning not in ("untuned", "tuned"):
-            raise SweepSpecError(f"unknown tuning {job.tuning!r}; supported: untuned, tuned")
         LoweringPolicy(algorithm=job.algorithm, layout=job.layout, sparse_format=job.sparse_format,
                        bsr_block=parse_block(job.bsr_block or DEFAULT_BSR_BLOCK)).validate()
-    if job.pruning != "none":
-        PruneSpec.parse(job.pruning)
 
 
 def _devices(names: list[str], registry: Registry) -> list[str]:

@@ -8,13 +8,16 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from ..compile import CapabilityMissing
 from ..devices import Device
 from ..lower.policy import LoweringPolicy
 from . import tuning_target
 from .records import TuningRecords
 
 log = logging.getLogger(__name__)
+
+
+class NoTuningRecords(LookupError):
+    """The target has no record for any task of the model: the tuned build is skipped, not failed."""
 
 
 def apply_records(lowered: tvm.IRModule, target: Any,
@@ -63,7 +66,7 @@ def build_tuned(mod: tvm.IRModule, device: Device, policy: LoweringPolicy, recor
     lowered = lower.lower_with_manifest(mod, target, policy, schedule=False, quantize=quantize)
     applied, tuned, kept, total = apply_records(lowered.mod, target, records)
     if not tuned and not kept:
-        raise CapabilityMissing(f"no tuning records for this model on {device.name} (target {records.dir.name}); "
+        raise NoTuningRecords(f"no tuning records for this model on {device.name} (target {records.dir.name}); "
                                 f"run `dlas-host tune --device {device.name}` with the same model options first")
     log.info("tuned build: %d of %d functions from records (%d records lost to the default), the rest default "
              "schedules", len(tuned), total, len(kept))
