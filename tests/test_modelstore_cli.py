@@ -75,4 +75,4 @@ def test_bsr_block_option() -> None:
     out = CliRunner().invoke(app, ["compile", "--sparse-format", "bsr", "--bsr-block", "8by1",
                                    "--devices", str(Path(__file__).parents[1] / "devices.yaml")])
     assert out.exit_code != 0
-    assert "BSR block must be RxC" in out.output and "Traceback" not in out.output
+    assert "bad BSR block" in out.output and "Traceback" not in out.output

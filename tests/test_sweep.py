@@ -109,3 +109,37 @@ def test_dead_device_is_retried_then_quarantined(tmp_path):
     statuses = [st for _, _, st in final_rows(db)]
     assert statuses == ["error", "error", "skipped"]
     assert "quarantined after 2 failed jobs" in proc.stderr.replace("\n", " ")
+
+
+def test_only_runs_the_named_devices_jobs(tmp_path):
+    """`sweep run --only NAME` keeps that device's jobs (repeatable, comma-separated); --devices stays the file."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from dlas_host.cli_sweep import sweep_app
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  local:\n    arch: x86_64\n    target: {kind: llvm}\n    threads: 2\n"
+                       "  ghost:\n    arch: x86_64\n    target: {kind: llvm}\n"
+                       "    connection: {type: tracker, host: 127.0.0.1, port: 9, key: ghost}\n")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: only\ngrid: {devices: [local, ghost], systems: [torch]}\n"
+                    "run: {number: 1, repeat: 2, warmup: 0, retries: 0}\n")
+    db = tmp_path / "r.sqlite"
+    common = [str(spec), "--db", str(db), "--devices", str(devices)]
+    runner = CliRunner()
+    for only, jobs in ((["--only", "local"], 1), (["--only", "ghost,local"], 2),
+                       (["--only", "local", "--only", "ghost"], 2), ([], 2)):
+        res = runner.invoke(sweep_app, ["run", *common, *only, "--dry-run"])
+        assert res.exit_code == 0 and f"only: {jobs} jobs" in res.stdout, (only, res.output)
+    res = runner.invoke(sweep_app, ["run", *common, "--only", "nosuch", "--dry-run"])
+    assert res.exit_code == 1 and "no device named 'nosuch'" in res.stderr
+
+    proc = cli("sweep", "run", *common, "--only", "local")
+    assert proc.returncode == 0, proc.stderr
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT device, system, status FROM results").fetchall()
+    (total,) = con.execute("SELECT total FROM sweeps").fetchone()
+    con.close()
+    assert rows == [("local", "torch", "ok")] and total == 1

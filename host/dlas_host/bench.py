@@ -122,6 +122,7 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         row.artifact_sha256, row.artifact_key, row.artifact_bytes = artifact.sha256, artifact.key, artifact.size
         row.compile_s = artifact.compile_s
         row.extra["artifact_cached"] = artifact.cached
+        row.warnings += [f"schedule: {w}" for w in artifact.meta.get("schedule_warnings", [])]
         progress(f"running on {device.name} ({'cached' if artifact.cached else 'new'} artifact, "
                  f"{artifact.size / 2**20:.1f} MiB)")
         with job_session(device, timeouts) as client:  # device lock + health check + agent session

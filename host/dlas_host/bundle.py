@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .paths import PROJECT_ROOT, sub_dir
+from .errors import DlasError
 
 AGENT_REQUIREMENTS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "psutil", "cloudpickle",
                       "typing_extensions>=4.13", "ml_dtypes"]
@@ -24,7 +25,7 @@ RUNTIME_ONLY_REMOVE = ["lib/libtvm_compiler.so"]
 CPU_ONLY_REMOVE = ["lib/libtvm_runtime_cuda.so"]
 
 
-class BundleError(RuntimeError):
+class BundleError(DlasError, RuntimeError):
     """The bundle could not be built (no index reachable and nothing cached, or a build failure)."""
 
 

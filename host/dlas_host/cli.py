@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from . import __version__
+from . import __version__, dimensions
+from .cli_common import (DbOpt, DevicesOpt, JsonOpt, build_spec, dim_option, emit_json, err, fail, out, status,
+                         user_errors)
+from .cli_common import registry_of as _registry
+from .cli_common import store_of as _store
+from .errors import DlasError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+if TYPE_CHECKING:
+    from .store import ResultStore
+
+class _Group(TyperGroup):
+    """The root group: a ``DlasError`` from any command (wrapped in user_errors() or not) is one error line."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201
+        try:
+            return super().invoke(ctx)
+        except DlasError as exc:
+            fail(str(exc))
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DLAS Lab host controller: compile, ship, time and compare DNNs across a device fleet.")
 devices_app = typer.Typer(no_args_is_help=True, help="The device registry (devices.yaml).")
 results_app = typer.Typer(no_args_is_help=True, help="The results store.")
@@ -24,103 +42,29 @@ app.add_typer(results_app, name="results")
 from .images import images_app  # noqa: E402
 app.add_typer(images_app, name="images")
 
-# Rich assumes 80 columns when stdout is not a terminal (CI logs, pipes); tables need more.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-DevicesOpt = typer.Option(None, "--devices", envvar="DLAS_DEVICES", help="devices.yaml to use")
-DbOpt = typer.Option(None, "--db", envvar="DLAS_RESULTS_DB", help="results database (SQLite file)")
 
 
-class System(str, Enum):
-    tvm = "tvm"
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    torch_compile = "torch_compile"
+class _Systems(str, Enum):
+    """The --system choices: generated from the system dimension (tvm + the registered engines)."""
 
 
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Known bad input becomes one red line and a non-zero exit, never a traceback."""
-    from .compile import CompileError
-    from .devices import DeviceConfigError
-    from .lower.policy import PolicyError
-    from .toolchain import ToolchainError
-    from .transport import AgentError
-    from .zoo import ZooError
-
-    try:
-        yield
-    except (DeviceConfigError, ZooError, PolicyError, CompileError, ToolchainError, AgentError, ValueError,
-            FileNotFoundError, LookupError, RuntimeError) as exc:
-        fail(str(exc))
-
-
-@contextmanager
-def status(message: str, quiet: bool = False) -> Iterator[callable]:
-    if quiet:
-        yield lambda _msg: None
-        return
-    with err.status(message) as spinner:
-        yield lambda msg: spinner.update(msg)
-
-
-def _registry(devices_file: Optional[Path]):
-    from .devices import load
-
-    return load(devices_file)
-
-
-def _store(db: Optional[Path]):
-    from .store import ResultStore
-
-    return ResultStore(db)
-
-
-def parse_block(text: str) -> tuple[int, int]:
-    """'8x1' -> (8, 1): a BSR block of rows (output channels) x columns."""
-    try:
-        r, c = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"BSR block must be RxC like 4x1 or 1x8, got {text!r}") from None
-    if r < 1 or c < 1:
-        raise ValueError(f"BSR block sizes must be >= 1, got {text!r}")
-    return (r, c)
-
-
-def build_spec(model: str, dataset: str, batch: int, algorithm: str, layout: str, sparse_format: str,
-               sparsity: float, quantize: Optional[str], tuning: str, checkpoint: Optional[Path],
-               optimized_model: Optional[str], seed: int = 0, bsr_block: str = "4x1"):
-    from . import zoo
-    from .compile import BuildSpec
-    from .lower.policy import LoweringPolicy
-
-    zoo.spec(model), zoo.dataset(dataset)  # validate early, with the list of known names
-    if quantize not in (None, "float16", "bfloat16", "int8"):
-        raise ValueError(f"unknown quantization {quantize!r}; supported: float16, bfloat16, int8")
-    if tuning not in ("untuned", "tuned"):
-        raise ValueError(f"unknown tuning {tuning!r}; supported: untuned, tuned")
-    policy = LoweringPolicy(algorithm=algorithm, layout=layout, sparse_format=sparse_format, sparsity=sparsity,
-                            bsr_block=parse_block(bsr_block))
-    return BuildSpec(model=model, dataset=dataset, batch=batch, seed=seed, policy=policy, quantize=quantize,
-                     tuning=tuning, checkpoint=str(checkpoint) if checkpoint else None, optimized_model=optimized_model)
+System = _Systems("System", {name: name for name in dimensions.get("system").known()})
 
 
 # ----------------------------------------------------------------------------------------------- devices
 @devices_app.command("list")
-def devices_list(devices_file: Optional[Path] = DevicesOpt) -> None:
+def devices_list(devices_file: Optional[Path] = DevicesOpt, as_json: bool = JsonOpt) -> None:
     """List registered devices."""
     with user_errors():
         registry = _registry(devices_file)
+    locks = _lock_states()
+    if as_json:
+        emit_json([{**dev.model_dump(mode="json"), "lock": locks.get(dev.name, "free")}
+                   for dev in registry.devices.values()])
+        return
     table = Table(title=f"devices ({registry.path})")
     for col in ("name", "connection", "arch", "target", "threads", "tags", "lock"):
         table.add_column(col)
-    locks = _lock_states()
     for dev in registry.devices.values():
         conn = dev.connection
         where = conn.type if conn.type == "local" else f"{conn.type}:{getattr(conn, 'host', '')}"
@@ -139,27 +83,33 @@ def _lock_states() -> dict[str, str]:
 
 @devices_app.command("check")
 def devices_check(name: Optional[str] = typer.Argument(None, help="device (default: all)"),
-                  devices_file: Optional[Path] = DevicesOpt) -> None:
+                  devices_file: Optional[Path] = DevicesOpt, as_json: bool = JsonOpt) -> None:
     """Validate devices.yaml and health-check each device's agent (ping + device info)."""
     from .transport import AgentError, connect
 
     with user_errors():
         registry = _registry(devices_file)
         chosen = registry.select([name] if name else None)
-    bad = 0
+    checks: list[dict[str, Any]] = []
     for dev in chosen:
         with status(f"checking {dev.name}"):
             try:
                 with connect(dev) as client:
                     ping = client.ping()
                     info = client.device_info()
-                out.print(f"[green]ok[/] {dev.name}: agent {ping['agent']} on {info.hostname} ({info.arch}, "
-                          f"{info.cpu_model}, {info.cores_logical} cores), TVM {info.tvm_version} "
-                          f"{'runtime-only' if info.tvm_runtime_only else 'full'}")
             except AgentError as exc:
-                bad += 1
-                out.print(f"[red]unreachable[/] {dev.name}: {exc}")
-    raise typer.Exit(1 if bad else 0)
+                checks.append({"device": dev.name, "ok": False, "error": str(exc)})
+                if not as_json:
+                    out.print(f"[red]unreachable[/] {dev.name}: {exc}")
+                continue
+        checks.append({"device": dev.name, "ok": True, "ping": ping, "info": info})
+        if not as_json:
+            out.print(f"[green]ok[/] {dev.name}: agent {ping['agent']} on {info.hostname} ({info.arch}, "
+                      f"{info.cpu_model}, {info.cores_logical} cores), TVM {info.tvm_version} "
+                      f"{'runtime-only' if info.tvm_runtime_only else 'full'}")
+    if as_json:
+        emit_json(checks)
+    raise typer.Exit(0 if all(c["ok"] for c in checks) else 1)
 
 
 # ----------------------------------------------------------------------------------------------- deploy
@@ -194,16 +144,16 @@ def deploy_cmd(
 @app.command("compile")
 def compile_cmd(
     device: str = typer.Option("local", help="device from devices.yaml"),
-    model: str = typer.Option("resnet18"),
-    dataset: str = typer.Option("cifar10", help="cifar10 (32x32) or imagenet (224x224)"),
+    model: str = dim_option("model"),
+    dataset: str = dim_option("dataset"),
     batch: int = typer.Option(1, min=1),
-    algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack | stock (TVM's unscheduled default pipeline)"),
-    layout: str = typer.Option("NCHW", help="NCHW | NHWC | NCHWc"),
-    sparse_format: str = typer.Option("dense", "--sparse-format", help="dense | csr | bsr | coo"),
-    bsr_block: str = typer.Option("4x1", "--bsr-block", help="BSR block RxC; match the block of a block-pruned model"),
+    algorithm: str = dim_option("algorithm"),
+    layout: str = dim_option("layout"),
+    sparse_format: str = dim_option("sparse_format"),
+    bsr_block: str = dim_option("bsr_block"),
     sparsity: float = typer.Option(0.0, help="random unstructured weight sparsity for speed studies"),
-    quantize: Optional[str] = typer.Option(None, help="float16 | bfloat16 | int8"),
-    tuning: str = typer.Option("untuned", help="untuned | tuned"),
+    quantize: str = dim_option("quantization", "--quantize"),
+    tuning: str = dim_option("tuning"),
     checkpoint: Optional[Path] = typer.Option(None, help="local torch checkpoint (state_dict)"),
     optimized_model: Optional[str] = typer.Option(None, "--model-id", help="stored optimized model id"),
     force: bool = typer.Option(False, help="rebuild even if cached"),
@@ -225,17 +175,17 @@ def compile_cmd(
 @app.command("bench")
 def bench_cmd(
     device: str = typer.Option("local", help="device from devices.yaml"),
-    model: str = typer.Option("resnet18"),
-    dataset: str = typer.Option("cifar10", help="cifar10 (32x32) or imagenet (224x224)"),
-    system: System = typer.Option(System.tvm, help="tvm | torch | onnxruntime | torch_compile"),
+    model: str = dim_option("model"),
+    dataset: str = dim_option("dataset"),
+    system: System = typer.Option(System(dimensions.get("system").default), help=dimensions.get("system").help_text()),
     batch: int = typer.Option(1, min=1),
-    algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack | stock (TVM's unscheduled default pipeline)"),
-    layout: str = typer.Option("NCHW", help="NCHW | NHWC | NCHWc"),
-    sparse_format: str = typer.Option("dense", "--sparse-format", help="dense | csr | bsr | coo"),
-    bsr_block: str = typer.Option("4x1", "--bsr-block", help="BSR block RxC; match the block of a block-pruned model"),
+    algorithm: str = dim_option("algorithm"),
+    layout: str = dim_option("layout"),
+    sparse_format: str = dim_option("sparse_format"),
+    bsr_block: str = dim_option("bsr_block"),
     sparsity: float = typer.Option(0.0, help="random unstructured weight sparsity for speed studies"),
-    quantize: Optional[str] = typer.Option(None, help="float16 | bfloat16 | int8"),
-    tuning: str = typer.Option("untuned", help="untuned | tuned"),
+    quantize: str = dim_option("quantization", "--quantize"),
+    tuning: str = dim_option("tuning"),
     checkpoint: Optional[Path] = typer.Option(None, help="local torch checkpoint (state_dict)"),
     optimized_model: Optional[str] = typer.Option(None, "--model-id", help="stored optimized model id"),
     prune: Optional[str] = typer.Option(None, help="data-free pruning KIND:SCOPE:l1:AMOUNT, e.g. "
@@ -277,7 +227,7 @@ def bench_cmd(
 
 def _row_summary(row) -> dict:
     keys = ("status", "error", "device", "model", "dataset", "system", "algorithm", "layout", "sparse_format",
-            "sparsity", "quantization", "tuning", "median_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "n",
+            "sparse_block", "sparsity", "quantization", "tuning", "built", "median_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "n",
             "max_abs_err", "warnings", "artifact_sha256", "run_id", "threads")
     return {k: getattr(row, k) for k in keys}
 
@@ -304,9 +254,9 @@ def _print_rows(rows: list[dict], title: str = "results") -> None:
 @app.command("quickstart")
 def quickstart(
     device: str = typer.Option("local"),
-    model: str = typer.Option("resnet18"),
+    model: str = dim_option("model"),
     repeat: int = typer.Option(10, min=1),
-    algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack | stock (TVM's unscheduled default pipeline)"),
+    algorithm: str = dim_option("algorithm"),
     devices_file: Optional[Path] = DevicesOpt,
     db: Optional[Path] = DbOpt,
 ) -> None:
@@ -339,12 +289,102 @@ def results_list(
     limit: int = typer.Option(20, help="newest N rows"),
     model: Optional[str] = None, device: Optional[str] = None, system: Optional[str] = None,
     db: Optional[Path] = DbOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Show stored results, newest first."""
     where = {k: v for k, v in (("model", model), ("device", device), ("system", system)) if v}
     with user_errors():
         rows = _store(db).query(where, limit=limit)
-    _print_rows(rows)
+    if as_json:
+        emit_json(rows)
+    else:
+        _print_rows(rows)
+
+
+def _find_result(store: ResultStore, ident: str) -> dict[str, Any]:
+    """The row whose integer id is ``ident``, else the one row whose run_id starts with it (LookupError if none)."""
+    from .store import connect
+
+    if ident.isdigit():
+        rows = store.query({"id": int(ident)})
+        if rows:
+            return rows[0]
+    with connect(store.path) as db:
+        ids = [r["id"] for r in db.execute("SELECT id FROM results WHERE substr(run_id, 1, ?) = ? LIMIT 2",
+                                           (len(ident), ident))]
+    if not ids:
+        raise DlasError(f"no result with id or run_id {ident!r} in {store.path}")
+    if len(ids) > 1:
+        raise DlasError(f"run_id prefix {ident!r} matches several results; give more characters or the row id")
+    return store.query({"id": ids[0]})[0]
+
+
+def _cell(value: Any) -> Text:
+    """A table cell shown literally (no rich markup): '-' for nothing, JSON for lists and dicts."""
+    if value is None or value == "":
+        return Text("-")
+    return Text(json.dumps(value, default=str) if isinstance(value, (list, dict)) else str(value))
+
+
+def _fields_table(title: str, row: dict[str, Any], keys: Iterable[str]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, dict) and value:
+            for sub, sub_value in value.items():
+                table.add_row(f"{key}.{sub}", _cell(sub_value))
+        else:
+            table.add_row(key, _cell(value))
+    return table
+
+
+_SHOW_STATS = ("median_ms", "mean_ms", "stdev_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "n",
+               "samples_ms", "max_abs_err", "top1", "top5")
+_SHOW_PROVENANCE = ("artifact_sha256", "artifact_key", "artifact_bytes", "compile_s", "load_s", "threads",
+                    "sweep_id", "job_key", "created_at", "host_env", "device_env", "extra")
+_SHOW_ELSEWHERE = {"id", "run_id", "status", "error", "warnings", "built", "manifest"}
+
+
+@results_app.command("show")
+def results_show(
+    ident: str = typer.Argument(..., metavar="ID", help="row id (see `results list`) or a unique run_id prefix"),
+    db: Optional[Path] = DbOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Everything stored about one result: DLAS dimensions, timings, provenance, warnings, build manifest."""
+    from .store import DIMENSIONS
+
+    with user_errors():
+        row = _find_result(_store(db), ident)
+    if as_json:
+        emit_json(row)
+        return
+    head = Text.assemble(f"result {row['id']} (run {row.get('run_id') or '-'}): ", (str(row.get("status")), "bold"))
+    if row.get("error"):
+        head.append(f": {row['error']}")
+    out.print(head)
+    shown = set(DIMENSIONS) | set(_SHOW_STATS) | set(_SHOW_PROVENANCE) | _SHOW_ELSEWHERE
+    out.print(_fields_table("DLAS dimensions", row, DIMENSIONS))
+    out.print(_fields_table("timing", row, _SHOW_STATS))
+    out.print(_fields_table("provenance", row, _SHOW_PROVENANCE))
+    other = [k for k in row if k not in shown]
+    if other:
+        out.print(_fields_table("other", row, other))
+    for warning in row.get("warnings") or []:
+        out.print(Text.assemble(("warning: ", "yellow"), str(warning)))
+    if row.get("built"):
+        out.print(Text.assemble(("built: ", "bold"), row["built"]))
+    manifest = row.get("manifest") or []
+    if manifest:
+        columns = list(dict.fromkeys(key for layer in manifest for key in layer))
+        table = Table(title=f"build manifest ({len(manifest)} layers)", title_justify="left")
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for layer in manifest:
+            table.add_row(*(_cell(layer.get(col)) for col in columns))
+        out.print(table)
 
 
 @results_app.command("export")
@@ -364,6 +404,26 @@ def results_export(
 
 
 # ----------------------------------------------------------------------------------------------- doctor
+@app.command("kernels")
+def kernels_cmd(as_json: bool = JsonOpt) -> None:
+    """The registered kernels: what each algorithm runs, per layer kind, layout and dtype (lower/kernels/)."""
+    from .lower import registry
+
+    kernels = [{"name": k.name, "algorithm": k.algorithm, "ops": list(k.ops), "layout": k.layout,
+                "tile": k.tile_layout, "dtypes": list(k.dtypes), "priority": k.priority,
+                "module": k.emit.__module__} for k in registry.load().values()]
+    if as_json:
+        emit_json(kernels)
+        return
+    table = Table(title="registered kernels (+ stock: TVM's own legalization and schedules)")
+    for col in ("name", "algorithm", "ops", "layout", "tile", "dtypes", "module"):
+        table.add_column(col)
+    for k in kernels:
+        table.add_row(k["name"], k["algorithm"], ", ".join(k["ops"]), k["layout"] or "-", k["tile"],
+                      ", ".join(k["dtypes"]), k["module"].rsplit(".", 1)[-1])
+    out.print(table)
+
+
 @app.command("doctor")
 def doctor() -> None:
     """Check versions, pins and toolchains; print the fix for each problem."""

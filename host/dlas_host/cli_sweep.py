@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import DbOpt, DevicesOpt, err, out, user_errors
+from .cli_common import DbOpt, DevicesOpt, JsonOpt, emit_json, err, out, user_errors
+from .errors import DlasError
 
 sweep_app = typer.Typer(no_args_is_help=True, help="Fleet-wide benchmark sweeps over the DLAS layers.")
 
@@ -24,7 +25,8 @@ def _open(devices_file: Optional[Path], db: Optional[Path]):
 def sweep_run(
     spec_file: Optional[str] = typer.Argument(None, help="sweep spec YAML (or use --preset)"),
     preset: Optional[str] = typer.Option(None, help="shipped preset: quick | dlas-paper"),
-    devices: Optional[str] = typer.Option(None, help="comma-separated device names to restrict the sweep to"),
+    only: Optional[list[str]] = typer.Option(None, "--only", metavar="NAME",
+                                             help="run only this device's jobs (repeat it, or comma-separate names)"),
     executor: str = typer.Option("local", help="compile executor: local | ray | ray:ADDRESS"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the jobs and exit"),
     devices_file: Optional[Path] = DevicesOpt,
@@ -36,12 +38,14 @@ def sweep_run(
 
     if bool(spec_file) == bool(preset):
         with user_errors():
-            raise ValueError("give a sweep spec file or --preset NAME (not both)")
+            raise DlasError("give a sweep spec file or --preset NAME (not both)")
     with user_errors():
         spec = load_spec(spec_file or preset)
         registry, store = _open(devices_file, db)
-        only = [d.strip() for d in devices.split(",")] if devices else None
-        jobs = expand(spec, registry, only)
+        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()] or None
+        if names:
+            registry.select(names)  # an unknown name is an error, not an empty sweep
+        jobs = expand(spec, registry, names)
         if dry_run:
             table = Table(title=f"{spec.name}: {len(jobs)} jobs")
             for col in ("device", "job", "key"):
@@ -50,7 +54,7 @@ def sweep_run(
                 table.add_row(job.device, job.label(), job.key)
             out.print(table)
             return
-        sweep_id = start_sweep(spec, registry, store, only)
+        sweep_id = start_sweep(spec, registry, store, names)
         counts = run_sweep(sweep_id, registry, store, executor, console=err)
     _print_counts(sweep_id, counts)
 
@@ -77,7 +81,8 @@ def sweep_resume(
 
 
 @sweep_app.command("status")
-def sweep_status(sweep_id: Optional[str] = typer.Argument(None), db: Optional[Path] = DbOpt) -> None:
+def sweep_status(sweep_id: Optional[str] = typer.Argument(None), db: Optional[Path] = DbOpt,
+                 as_json: bool = JsonOpt) -> None:
     """Progress of one sweep (default: the newest)."""
     from .store import ResultStore
     from .sweep.state import SweepNotFound, SweepState
@@ -91,18 +96,24 @@ def sweep_status(sweep_id: Optional[str] = typer.Argument(None), db: Optional[Pa
         raise typer.Exit(1)
     counts = state.counts(record["id"])
     finished = counts.get("ok", 0) + counts.get("skipped", 0)
+    if as_json:
+        emit_json({**record, "counts": counts, "finished": finished})
+        return
     out.print(f"sweep {record['id']} ({record['name']}): {record['status']}, {finished}/{record['total']} jobs final "
               f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'nothing run yet'}); "
               f"started {record['created_at']}, updated {record['updated_at']}")
 
 
 @sweep_app.command("list")
-def sweep_list(db: Optional[Path] = DbOpt) -> None:
+def sweep_list(db: Optional[Path] = DbOpt, as_json: bool = JsonOpt) -> None:
     """All sweeps in the results database."""
     from .store import ResultStore
     from .sweep.state import SweepState
 
     state = SweepState(ResultStore(db).path)
+    if as_json:
+        emit_json(state.list())
+        return
     table = Table(title="sweeps")
     for col in ("id", "name", "jobs", "status", "created", "updated"):
         table.add_column(col)

@@ -11,7 +11,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli import DevicesOpt, _registry, build_spec, err, fail, out, user_errors
+from .cli_common import DevicesOpt, JsonOpt, build_spec, dim_option, emit_json, err, fail, out, user_errors
+from .cli_common import registry_of as _registry
+from .errors import DlasError
 
 tune_db_app = typer.Typer(no_args_is_help=True, help="Tuning records: list, export, import.")
 RecordsOpt = typer.Option(None, "--records-dir", envvar="DLAS_TUNING_DIR",
@@ -24,24 +26,25 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not m:
-        raise ValueError(f"time budget {text!r}: expected a number with an optional unit s, m or h (e.g. 30m)")
+        raise DlasError(f"time budget {text!r}: expected a number with an optional unit s, m or h (e.g. 30m)")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def tune(
     device: list[str] = typer.Option(["local"], "--device", help="device from devices.yaml; repeat it to share "
                                      "the measurements between several devices of the same kind"),
-    model: str = typer.Option("resnet18"),
-    dataset: str = typer.Option("cifar10", help="cifar10 (32x32) or imagenet (224x224)"),
+    model: str = dim_option("model"),
+    dataset: str = dim_option("dataset"),
     batch: int = typer.Option(1, min=1),
-    algorithm: str = typer.Option("spatial_pack", help="direct | gemm | spatial_pack"),
-    layout: str = typer.Option("NCHW", help="NCHW | NHWC | NCHWc"),
-    sparse_format: str = typer.Option("dense", "--sparse-format", help="dense | csr | bsr | coo"),
+    algorithm: str = dim_option("algorithm"),
+    layout: str = dim_option("layout"),
+    sparse_format: str = dim_option("sparse_format"),
+    bsr_block: str = dim_option("bsr_block"),
     sparsity: float = typer.Option(0.0, help="random unstructured weight sparsity for speed studies"),
-    quantize: Optional[str] = typer.Option(None, help="float16 | bfloat16 | int8"),
+    quantize: str = dim_option("quantization", "--quantize"),
     checkpoint: Optional[Path] = typer.Option(None, help="local torch checkpoint (state_dict)"),
     optimized_model: Optional[str] = typer.Option(None, "--model-id", help="stored optimized model id"),
-    trials: int = typer.Option(200, min=0, help="total trials for the model (records already made count: "
+    trials: int = typer.Option(200, help="total trials for the model, at least 1 (records already made count: "
                                "the same command resumes)"),
     time_budget: Optional[str] = typer.Option(None, help="stop after this long, e.g. 30m (re-run to resume)"),
     space: str = typer.Option("dlas", help="dlas (project kernels with sampled knobs) | metaschedule | both"),
@@ -65,11 +68,13 @@ def tune(
     from .tune.records import TuningRecords  # noqa: PLC0415
     from .tune.tuner import Tuner, TuneOptions  # noqa: PLC0415
 
+    if trials < 1:  # 0 would still measure every task's default schedule, for minutes, and tune nothing
+        fail(f"--trials must be at least 1 (got {trials})")
     with user_errors():
         registry = _registry(devices_file)
         devs = [registry.get(name) for name in device]
         spec = build_spec(model, dataset, batch, algorithm, layout, sparse_format, sparsity, quantize, "tuned",
-                          checkpoint, optimized_model)
+                          checkpoint, optimized_model, bsr_block=bsr_block)
         options = TuneOptions(
             trials=trials, time_budget_s=parse_duration(time_budget), batch=per_round, space=space,
             build_workers=build_workers or os.cpu_count() or 1, build_timeout_s=build_timeout, parallel=parallel,
@@ -126,10 +131,13 @@ def _f(value, spec: str) -> str:
 
 
 @tune_db_app.command("list")
-def tune_db_list(records_dir: Optional[Path] = RecordsOpt) -> None:
+def tune_db_list(records_dir: Optional[Path] = RecordsOpt, as_json: bool = JsonOpt) -> None:
     """Targets with tuning records, and how many."""
     from .tune.records import summaries  # noqa: PLC0415
 
+    if as_json:
+        emit_json(summaries(records_dir))
+        return
     table = Table(title="tuning records")
     for col in ("target id", "target", "workloads", "records", "size"):
         table.add_column(col, overflow="fold")
@@ -162,9 +170,11 @@ def tune_db_import(archive: Path = typer.Argument(..., help="a .tar.gz written b
 
     if not archive.is_file():
         fail(f"{archive}: no such file")
-    try:
+    try:  # validated whole before TVM reads it; an error imports nothing
         added = import_archive(archive, records_dir)
     except RecordsError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"{archive}: cannot import ({exc.strerror or exc}); nothing imported")
     for tid, n in added.items():
         out.print(f"{tid}: {n} new record(s)")

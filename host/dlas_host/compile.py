@@ -20,11 +20,12 @@ from . import __version__, zoo
 from .cache import ArtifactCache, Entry, key_of
 from .devices import Device
 from .lower.policy import LoweringPolicy
+from .errors import DlasError
 
 HOST_DIR = Path(__file__).resolve().parent
 
 
-class CompileError(RuntimeError):
+class CompileError(DlasError, RuntimeError):
     """The model could not be exported, lowered or built for the target."""
 
 
@@ -210,19 +211,32 @@ def quantize_if_asked(mod: Any, spec: BuildSpec, model: Any = None) -> Any:
     return quantize_for_build(model if model is not None else build_torch_model(spec), mod, spec)
 
 
-def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+def lower_and_build(mod: Any, spec: BuildSpec, device: Device,
+                    model: Any = None) -> tuple[Any, list[dict[str, Any]], list[str]]:
     """Apply quantization, the lowering policy and (if asked) tuning records.
 
-    Returns the TVM Executable and its build manifest (``lower.manifest``): what each layer was built as,
-    read back from the lowered module and checked against the request (a contradiction is a CompileError).
+    Returns the TVM Executable, its build manifest (``lower.manifest``: what each layer was built as, read
+    back from the lowered module and checked against the request; a contradiction is a CompileError) and
+    the best-effort schedule steps that failed (a block left serial or unvectorized), for the result row.
     """
     import tvm  # noqa: PLC0415
 
     from . import lower  # noqa: PLC0415
+    from .lower.schedule_cpu import collect_warnings  # noqa: PLC0415
 
     target = device.tvm_target()
     mod = quantize_if_asked(mod, spec, model)
     quantize = spec.quantize or "float32"
+    with collect_warnings() as warnings:
+        executable, layers = _lower_and_compile(mod, spec, device, target, quantize)
+    return executable, lower.manifest.to_dicts(layers), list(warnings)
+
+
+def _lower_and_compile(mod: Any, spec: BuildSpec, device: Device, target: Any, quantize: str) -> tuple[Any, list]:
+    import tvm  # noqa: PLC0415
+
+    from . import lower  # noqa: PLC0415
+
     try:
         if spec.tuning == "tuned":
             try:
@@ -243,7 +257,7 @@ def lower_and_build(mod: Any, spec: BuildSpec, device: Device, model: Any = None
             executable = tvm.compile(lowered.mod, target=target, relax_pipeline=lower.compile_pipeline(target))
     except lower.ManifestError as exc:
         raise CompileError(f"{spec.model}/{spec.dataset} on {device.name}: {exc}") from None
-    return executable, lower.manifest.to_dicts(layers)
+    return executable, layers
 
 
 def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
@@ -261,7 +275,7 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
     model, mod = relax_module_for(spec)
     try:
         with build_context(device):  # CUDA: nvcc device code for the target's sm_XX
-            executable, manifest = lower_and_build(mod, spec, device, model)
+            executable, manifest, schedule_warnings = lower_and_build(mod, spec, device, model)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -275,6 +289,7 @@ def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | Non
             "policy": spec.policy.canonical(), "quantize": spec.quantize, "tuning": spec.tuning,
             "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in inputs],
             "compile_s": compile_s, "built_on": platform.node(), "code": code_fingerprint(), "manifest": manifest,
+            "schedule_warnings": schedule_warnings,
         }
         entry = cache.put(key, lib_path, meta)
     return _artifact(spec, device, entry, cached=False)

@@ -14,9 +14,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .paths import default_devices_file
+from .errors import DlasError
 
 
-class DeviceConfigError(ValueError):
+class DeviceConfigError(DlasError, ValueError):
     """devices.yaml is missing, malformed or names something impossible."""
 
 
@@ -32,8 +33,10 @@ _WORD_RE = re.compile(r"[A-Za-z0-9_./~+@:-]+")  # an interpreter or a path on th
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:@-]*")
 
 
-def _matching(pattern: re.Pattern[str], what: str) -> Any:
+def _matching(pattern: re.Pattern[str], what: str, max_len: int = 255) -> Any:
     def check(value: str) -> str:
+        if len(value) > max_len:
+            raise ValueError(f"{value[:40]!r}... ({len(value)} characters) is longer than a {what} can be ({max_len})")
         if not pattern.fullmatch(value) or value.startswith("-"):
             raise ValueError(f"{value!r} is not a valid {what}")
         return value
@@ -98,7 +101,7 @@ class Device(_Strict):
     connection: Connection = LocalConnection()
     arch: Literal["x86_64", "aarch64"]
     target: dict[str, Any]
-    threads: int = Field(0, ge=0)  # 0: all cores
+    threads: int = Field(0, ge=0, le=4096)  # 0: all cores
     tags: tuple[str, ...] = ()
     agent: AgentSettings = AgentSettings()
 
@@ -229,14 +232,20 @@ def load(path: Path | str | None = None) -> Registry:
     path = Path(path) if path is not None else default_devices_file()
     if not path.is_file():
         raise DeviceConfigError(f"{path}: devices file not found (set DLAS_DEVICES or pass --devices)")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeviceConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         _refuse_duplicate_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise DeviceConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # PyYAML's messages span lines
+        raise DeviceConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise DeviceConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("devices"), dict):
         raise DeviceConfigError(f"{path}: expected a top-level 'devices:' mapping of name -> settings")
     extra = set(raw) - {"devices", "version"}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+from .errors import DlasError
 
 QUANTIZATIONS = ("float32", "float16", "bfloat16", "int8")
 TUNINGS = ("untuned", "tuned")
 SPARSE_FORMATS = ("dense", "csr", "bsr", "coo")  # the sparse kernels (lower/sparse*.py) implement csr, bsr, coo
 
 
-class DimensionError(ValueError):
+class DimensionError(DlasError, ValueError):
     """A value a dimension does not know; the message lists the known ones."""
 
 

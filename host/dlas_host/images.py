@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .errors import DlasError
 from .paths import PROJECT_ROOT
 
 DOCKER_DIR = PROJECT_ROOT / "docker"
@@ -45,7 +46,7 @@ PODMAN_ULIMITS = ["--ulimit", "nofile=10000:10000", "--ulimit", "nproc=4096:4096
 Progress = Callable[[str], None]
 
 
-class ImageError(RuntimeError):
+class ImageError(DlasError, RuntimeError):
     """An image could not be built, pushed or listed (no engine, engine failure, missing base)."""
 
 
@@ -564,6 +565,8 @@ def image_contents_check(engine: Engine, ref: str) -> dict[str, Any]:
 
 import typer  # noqa: E402 - the library part above stays usable without the CLI's imports
 
+from .cli_common import JsonOpt, emit_json  # noqa: E402
+
 images_app = typer.Typer(no_args_is_help=True, help="Agent container images (docker/ Dockerfiles, Docker or podman).")
 _EngineOpt = typer.Option(None, "--engine", envvar="DLAS_CONTAINER_ENGINE",
                           help="podman or docker (default: podman if installed, else docker)")
@@ -669,7 +672,7 @@ def push_cmd(
 
 @images_app.command("list")
 def list_cmd(
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    as_json: bool = JsonOpt,
     engine_name: Optional[str] = _EngineOpt,
 ) -> None:
     """Agent (and base) images on this machine, with sizes and versions."""
@@ -678,8 +681,8 @@ def list_cmd(
     except ImageError as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps([{"image": r.ref, "id": r.id, "size_bytes": r.size_bytes, "created": r.created,
-                           "arch": r.arch, "labels": r.labels} for r in rows], indent=2))
+        emit_json([{"image": r.ref, "id": r.id, "size_bytes": r.size_bytes, "created": r.created,
+                    "arch": r.arch, "labels": r.labels} for r in rows])
         return
     from rich.table import Table  # noqa: PLC0415
 

@@ -20,10 +20,11 @@ from typing import Any, Iterator
 
 from dlas_agent.protocol import TimingStats
 
+from .dimensions import RESULT_AXES
+from .errors import DlasError
 from .paths import data_dir
 
-DIMENSIONS = ("dataset", "model", "batch", "pruning", "quantization", "algorithm", "layout", "sparse_format",
-              "sparse_block", "sparsity", "system", "tuning", "device", "target")
+DIMENSIONS = RESULT_AXES  # the columns that say what was measured (owned by dlas_host.dimensions)
 
 
 @dataclass
@@ -81,9 +82,11 @@ class ResultRow:
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def set_stats(self, stats: TimingStats) -> None:
+        """Take the timing statistics; their warnings join those already on the row (e.g. the build's)."""
         for name in ("median_ms", "mean_ms", "stdev_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "min_ms",
-                     "max_ms", "n", "samples_ms", "warnings"):
+                     "max_ms", "n", "samples_ms"):
             setattr(self, name, getattr(stats, name))
+        self.warnings = [*self.warnings, *stats.warnings]
 
 
 _JSON_FIELDS = {"samples_ms", "warnings", "device_env", "host_env", "extra", "manifest"}
@@ -104,16 +107,63 @@ def _column_type(f: Any) -> str:
 COLUMNS = [(f.name, _column_type(f)) for f in fields(ResultRow)]
 
 
+class StoreQueryError(DlasError, ValueError):
+    """A query or export the store cannot answer (unknown column or format)."""
+
+
+class ResultsDbError(DlasError, RuntimeError):
+    """The results database cannot be used: not SQLite, corrupt, a directory, locked, read-only."""
+
+
+# SQLite result codes that say the file is unusable (as opposed to an SQL mistake, which stays a bug).
+_UNUSABLE = ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED",
+             "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH")
+
+
+def _unusable(path: Path, exc: BaseException) -> ResultsDbError | None:
+    """The one-line error for a database failure that is the file's fault, else ``None``."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if isinstance(exc, OSError):
+        return ResultsDbError(f"{path}: cannot use the results database ({exc.strerror or exc})")
+    if not (type(exc) is sqlite3.DatabaseError or name.startswith(_UNUSABLE)):
+        return None
+    detail = " ".join(str(exc).split())
+    if Path(path).is_dir():
+        return ResultsDbError(f"{path}: is a directory, not a results database")
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or type(exc) is sqlite3.DatabaseError:
+        return ResultsDbError(f"{path}: not a readable results database ({detail}); it was left as it is: "
+                              "move it aside (or pass --db) to start a new one")
+    return ResultsDbError(f"{path}: cannot use the results database ({detail})")
+
+
 @contextmanager
 def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """A committed-on-success connection to the results database (WAL: readers never block the writer)."""
-    db = sqlite3.connect(path, timeout=30)
+    """A committed-on-success connection to the results database (WAL: readers never block the writer).
+
+    A file that is not a usable SQLite database raises ``ResultsDbError`` (one line naming the file) before
+    anything is written to it: the schema is read first, and SQLite refuses to write to a corrupt file.
+    """
+    path = Path(path)
+    try:
+        db = sqlite3.connect(path, timeout=30)
+    except sqlite3.Error as exc:
+        error = _unusable(path, exc)
+        if error is None:
+            raise
+        raise error from None
     db.row_factory = sqlite3.Row
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        yield db
-        db.commit()
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads header and schema, writes nothing
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+            db.commit()
+        except sqlite3.Error as exc:
+            error = _unusable(path, exc)
+            if error is None:
+                raise
+            raise error from None
     finally:
         db.close()
 
@@ -125,7 +175,10 @@ def default_path() -> Path:
 class ResultStore:
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unusable(self.path, exc) from None
         with self._connect() as db:
             self._migrate(db)
 
@@ -158,7 +211,7 @@ class ResultStore:
         allowed = {name for name, _ in COLUMNS} | {"id"}
         bad = set(where) - allowed
         if bad:
-            raise ValueError(f"unknown result column(s) {sorted(bad)}")
+            raise StoreQueryError(f"unknown result column(s) {sorted(bad)}; known: {', '.join(n for n, _ in COLUMNS)}")
         clause = " AND ".join(f"{k} = ?" for k in where)
         sql = "SELECT * FROM results" + (f" WHERE {clause}" if clause else "") + f" ORDER BY {order}"
         if limit:
@@ -193,4 +246,4 @@ class ResultStore:
             for row in rows:
                 writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
             return buf.getvalue()
-        raise ValueError(f"unknown export format {fmt!r}; supported: csv, json")
+        raise StoreQueryError(f"unknown export format {fmt!r}; supported: csv, json")

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .devices import Device
+from .errors import DlasError
 
 ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
 CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "x86_64-linux-gnu-g++"}
 INSTALL_HINT = {"aarch64": "apt-get install g++-aarch64-linux-gnu", "x86_64": "apt-get install g++-x86-64-linux-gnu"}
 
 
-class ToolchainError(RuntimeError):
+class ToolchainError(DlasError, RuntimeError):
     """A compiler the target needs is missing, or an artifact is not what the device can load."""
 
 

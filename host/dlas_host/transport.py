@@ -26,11 +26,12 @@ from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, FN_TIME_
                                  BenchmarkResult, DeviceInfo, KernelTimingRequest, KernelTimingResult)
 
 from .devices import Device
+from .errors import DlasError
 
 T = TypeVar("T")
 
 
-class AgentError(RuntimeError):
+class AgentError(DlasError, RuntimeError):
     """The agent could not be reached or refused the request."""
 
 

@@ -14,9 +14,10 @@ from typing import Callable
 import torch
 import torchvision
 from torch import nn
+from .errors import DlasError
 
 
-class ZooError(ValueError):
+class ZooError(DlasError, ValueError):
     """Unknown model or dataset, or a checkpoint that does not fit the model."""
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..errors import DlasError
 
 
-class DatasetError(ValueError):
+class DatasetError(DlasError, ValueError):
     """A dataset that is unknown, missing or malformed; the message is one line that says what to do."""
 
 

@@ -117,7 +117,7 @@ class Dispatcher:
         self.conv_index += 1
         data, weight = call.args
         a = call.attrs
-        dshape, wshape = _ints(data.ty.shape), _ints(weight.ty.shape)
+        dshape = _ints(data.ty.shape)
         layout, klayout = str(a.data_layout), str(a.kernel_layout)
         out_layout = str(a.out_layout) or layout
         out_dtype = str(a.out_dtype) if a.out_dtype is not None and str(a.out_dtype) not in ("", "void") else str(data.ty.dtype)

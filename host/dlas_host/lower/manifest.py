@@ -18,11 +18,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import registry
+from ..errors import DlasError
 
 DTYPE_OF_QUANT = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "int8": "int8"}
 
 
-class ManifestError(ValueError):
+class ManifestError(DlasError, ValueError):
     """The built module contradicts the request, or a layer's kernel cannot be found in it."""
 
 

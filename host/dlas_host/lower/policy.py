@@ -10,12 +10,13 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ..dimensions import SPARSE_FORMATS, parse_block  # noqa: F401 - parse_block: re-exported
+from ..errors import DlasError
 
 # Algorithms and layouts are owned by the kernel registry (``lower.registry``): ``validate()`` checks them.
 # `stock` is TVM's own default pipeline with no project kernels (kept for comparison only).
 
 
-class PolicyError(ValueError):
+class PolicyError(DlasError, ValueError):
     """A lowering choice that is unknown or unsupported; the message lists what is supported."""
 
 

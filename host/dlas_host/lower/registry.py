@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from ..errors import DlasError
 
 OPS = ("conv2d", "grouped_conv2d", "depthwise_conv2d", "dense")
 """Layer kinds a kernel can implement (a grouped conv is not depthwise; dense = matmul with constant weights)."""
@@ -25,7 +26,7 @@ STOCK = "stock"
 KERNEL_PATTERN = 4  # relax kOutEWiseFusable: FuseOps may append the elementwise tail (bias, residual, relu)
 
 
-class KernelLookupError(ValueError):
+class KernelLookupError(DlasError, ValueError):
     """No registered kernel implements the requested combination; the message lists what exists."""
 
 

@@ -10,8 +10,9 @@ spatial loops, vectorize the innermost one.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable
+from typing import Callable, Iterator
 
 from tvm import s_tir, tirx
 
@@ -26,6 +27,38 @@ UNFUSED_TAILS: list[str] = []
 
 SAMPLING: ContextVar[bool] = ContextVar("dlas_schedule_sampling", default=False)
 """True while ``dlas_host.tune`` generates its design space: register tiles become sampled decisions."""
+
+SCHEDULE_WARNINGS: list[str] = []
+"""Best-effort schedule steps that failed outside any ``collect_warnings()`` block (deduplicated, capped)."""
+
+_WARNINGS: ContextVar[list[str] | None] = ContextVar("dlas_schedule_warnings", default=None)
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Collect, for the build in this block, every best-effort schedule step that failed (a block left
+    serial or unvectorized, a pad not inlined): ``with collect_warnings() as warnings: ...``."""
+    bucket: list[str] = []
+    token = _WARNINGS.set(bucket)
+    try:
+        yield bucket
+    finally:
+        _WARNINGS.reset(token)
+
+
+def _warn(sch: Sched, block, step: str, exc: Exception) -> None:
+    """Record that ``step`` failed on ``block`` (the schedule goes on without it)."""
+    try:
+        where = f"{sch.mod.get_global_vars()[0].name_hint}/{sch.get(block).name_hint}"
+    except Exception:  # noqa: BLE001 - the message must not fail the build either
+        where = "?"
+    lines = str(exc).strip().splitlines()
+    message = f"{where}: {step} failed: {type(exc).__name__}: {lines[-1][:200] if lines else ''}"
+    bucket = _WARNINGS.get()
+    if bucket is not None:
+        bucket.append(message)
+    elif message not in SCHEDULE_WARNINGS and len(SCHEDULE_WARNINGS) < 1000:
+        SCHEDULE_WARNINGS.append(message)
 
 
 def register_tile(sch: Sched, loop, default: int) -> list:
@@ -82,8 +115,8 @@ def vectorize_init(sch: Sched, init) -> None:
         loop = sch.get_loops(init)[-1]
         if extent(sch, loop) > 1:
             sch.vectorize(loop)
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001 - the init stays scalar
+        _warn(sch, init, "vectorize reduction init", exc)
 
 
 def parallel_outer(sch: Sched, loops: list) -> None:
@@ -143,8 +176,8 @@ def schedule_generic(sch: Sched, info: TargetInfo) -> None:
     for b in remaining:
         try:
             schedule_block_generic(sch, b, lanes)
-        except Exception:  # noqa: BLE001 - leave an odd block serial rather than fail the build
-            pass
+        except Exception as exc:  # noqa: BLE001 - leave an odd block serial rather than fail the build
+            _warn(sch, b, "generic schedule (block left serial)", exc)
 
 
 def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, swap_inner: bool = False,
@@ -178,8 +211,8 @@ def fuse_epilogue(sch: Sched, anchor, loop, remap: Callable | None, lanes: int, 
         if local:  # tensor intrinsics expect global-scope operands, so int8 kernels keep it
             try:
                 sch.set_scope(anchor, 0, "local")
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - the tile stays in global scope
+                _warn(sch, anchor, "local scope for the register tile", exc)
         return True
     except Exception as exc:  # noqa: BLE001
         UNFUSED_TAILS.append(f"{sch.get(anchor).name_hint}: {str(exc).splitlines()[0][:200]}")
@@ -194,8 +227,8 @@ def schedule_tail_generic(sch: Sched, anchor, lanes: int) -> None:
     for b in blocks[idx + 1:]:
         try:
             schedule_block_generic(sch, b, lanes)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - the tail block stays serial
+            _warn(sch, b, "generic schedule of an unfused tail (block left serial)", exc)
 
 
 def schedule_producers(sch: Sched, anchor, lanes: int) -> None:
@@ -210,16 +243,16 @@ def schedule_producers(sch: Sched, anchor, lanes: int) -> None:
     for b in pads_into_pack:
         try:
             sch.compute_inline(b)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - the pad stays materialized
+            _warn(sch, b, "inline pad into pack", exc)
     blocks = root_blocks(sch)
     names = [sch.get(b).name_hint for b in blocks]
     idx = names.index(sch.get(anchor).name_hint)
     for b in blocks[:idx]:
         try:
             schedule_block_generic(sch, b, lanes)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - the producer stays serial
+            _warn(sch, b, "generic schedule of a producer (block left serial)", exc)
 
 
 def find_anchor(sch: Sched):

@@ -19,13 +19,14 @@ from typing import Iterable
 import numpy as np
 import torch
 from torch import nn
+from ..errors import DlasError
 
 QMAX = 127
 SAMPLES_PER_CALL = 1 << 15
 MAX_SAMPLES = 1 << 20
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(DlasError, RuntimeError):
     pass
 
 

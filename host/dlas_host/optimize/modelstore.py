@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from ..errors import DlasError
 
 FORMAT = 1
 ARCH_FILE = "arch.json"
@@ -36,7 +37,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-class ModelStoreError(LookupError):
+class ModelStoreError(DlasError, LookupError):
     pass
 
 

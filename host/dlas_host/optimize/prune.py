@@ -18,12 +18,13 @@ from .report import SparsityReport, sparsity_report
 from .scores import prunable_layers, weight_scores
 from .spec import PruneSpec
 from .structured import channel_groups, channel_prune
+from ..errors import DlasError
 
 FineTune = Callable[[nn.Module, "Callable[[nn.Module], None] | None"], None]
 """finetune(model, after_step): train the model a little; ``after_step`` keeps masks fixed (or is None)."""
 
 
-class PruneError(ValueError):
+class PruneError(DlasError, ValueError):
     pass
 
 

@@ -23,6 +23,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .calibrate import QMAX, Calibration
 from .spec import QuantSpec
+from ..errors import DlasError
 
 QUANT_OPS = ("relax.nn.conv2d", "relax.matmul")
 KEEP_FLOAT32 = {"relax.nn.softmax", "relax.nn.log_softmax", "relax.mean", "relax.sum", "relax.variance",
@@ -31,7 +32,7 @@ KEEP_FLOAT32 = {"relax.nn.softmax", "relax.nn.log_softmax", "relax.mean", "relax
                 "relax.rsqrt", "relax.cumsum", "relax.prod", "relax.nn.cross_entropy_with_logits"}
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(DlasError, RuntimeError):
     pass
 
 

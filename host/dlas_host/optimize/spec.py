@@ -7,6 +7,7 @@ Prune spec text: ``kind:scope:score:amount[:key=value...]``, e.g. ``unstructured
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from ..errors import DlasError
 
 PRUNE_KINDS = ("unstructured", "channel", "block")
 PRUNE_SCOPES = ("global", "layer")
@@ -15,7 +16,7 @@ QUANT_DTYPES = ("fp16", "bf16", "int8")
 CALIB_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
-class SpecError(ValueError):
+class SpecError(DlasError, ValueError):
     """A pruning or quantization spec that does not parse; the message is one line."""
 
 

@@ -32,9 +32,10 @@ from ..lower.policy import LoweringPolicy, parse_block
 from ..store import ResultRow, ResultStore
 from .spec import DEFAULT_BSR_BLOCK, Job, RunSettings, SweepSpec, expand
 from .state import SweepState
+from ..errors import DlasError
 
 
-class SweepError(RuntimeError):
+class SweepError(DlasError, RuntimeError):
     pass
 
 

@@ -19,8 +19,9 @@ from .. import dimensions
 from ..cache import key_of
 from ..dimensions import DIMENSIONS
 from ..devices import Registry
+from ..errors import DlasError
 
-class SweepSpecError(ValueError):
+class SweepSpecError(DlasError, ValueError):
     """A sweep spec that is malformed or names something unknown."""
 
 
@@ -85,7 +86,10 @@ def load_spec(source: str | Path) -> SweepSpec:
     """A spec from a YAML file, or a shipped preset by name (``quick``, ``dlas-paper``)."""
     path = Path(source)
     if path.is_file():
-        text, where = path.read_text(), str(path)
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise SweepSpecError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     else:
         preset = resources.files("dlas_host.presets") / f"{source}.yaml"
         if not preset.is_file():
@@ -101,6 +105,8 @@ def parse_spec(text: str, where: str = "sweep spec") -> SweepSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SweepSpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise SweepSpecError(f"{where}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{where}: expected a mapping with 'name' and 'grid' or 'jobs'")
     try:

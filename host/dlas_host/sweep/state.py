@@ -10,11 +10,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..errors import DlasError
 from ..store import connect
 
 
-class SweepNotFound(LookupError):
+class SweepNotFound(DlasError, LookupError):
     pass
+
+
+class SweepStateError(DlasError, RuntimeError):
+    """A sweep record that cannot be read (the database file itself is checked by ``store.connect``)."""
 
 
 class SweepState:
@@ -42,8 +47,11 @@ class SweepState:
         if len(rows) != 1:
             raise SweepNotFound(f"no sweep {sweep_id!r}" if not rows else f"sweep id {sweep_id!r} is ambiguous")
         row = rows[0]
-        row["spec"] = json.loads(row["spec"])
-        row["devices"] = json.loads(row["devices"]) if row["devices"] else None
+        try:
+            row["spec"] = json.loads(row["spec"])
+            row["devices"] = json.loads(row["devices"]) if row["devices"] else None
+        except (TypeError, ValueError) as exc:
+            raise SweepStateError(f"{self.path}: sweep {row['id']!r} has an unreadable record ({exc})") from None
         return row
 
     def set_status(self, sweep_id: str, status: str) -> None:

@@ -15,8 +15,13 @@ from typing import Any
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
+from ..errors import DlasError
 from ..lower import schedule_cpu
 from ..lower.targets import target_info
+
+
+class SpaceError(DlasError, ValueError):
+    """An unknown design space name."""
 
 SPACES = ("dlas", "metaschedule", "both")
 UNROLL_STEPS = (0, 16, 64, 512)
@@ -47,7 +52,7 @@ class KernelTemplate:
 def space_for(mod: Any, target: Any, space: str) -> Any:
     """The space generator for one task (CPU targets; GPU targets take MetaSchedule's rules)."""
     if space not in SPACES:
-        raise ValueError(f"unknown design space {space!r}; known: {', '.join(SPACES)}")
+        raise SpaceError(f"unknown design space {space!r}; known: {', '.join(SPACES)}")
     is_gpu = target_info(target).is_gpu
     if is_gpu or space == "metaschedule" or not has_project_kernel(mod):
         return ms.space_generator.PostOrderApply()

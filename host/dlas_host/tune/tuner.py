@@ -30,13 +30,14 @@ from .build import local_builder, remove_artifact
 from .measure import DEVICE_LOST, AgentRunner, MeasureConfig, SessionPool, runner_result_ok
 from .records import TuningRecords
 from .space import default_schedule, space_for
+from ..errors import DlasError
 
 
 VALIDATION_ROUNDS = 3
 VALIDATION_MARGIN = 0.02  # a record must beat the default schedule by 2 % when re-measured
 
 
-class TuneError(RuntimeError):
+class TuneError(DlasError, RuntimeError):
     """Tuning stopped early (device lost, bad options); records committed so far are kept."""
 
 
