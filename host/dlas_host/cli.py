@@ -378,10 +378,13 @@ def results_show(
         out.print(Text.assemble(("built: ", "bold"), row["built"]))
     manifest = row.get("manifest") or []
     if manifest:
-        columns = list(dict.fromkeys(key for layer in manifest for key in layer))
+        # the fused function's name is long and for debugging: --json has it; notes only when a layer has one
+        columns = [key for key in dict.fromkeys(key for layer in manifest for key in layer)
+                   if key != "function" and (key != "note" or any(layer.get("note") for layer in manifest))]
         table = Table(title=f"build manifest ({len(manifest)} layers)", title_justify="left")
         for col in columns:
-            table.add_column(col, overflow="fold")
+            table.add_column(col, overflow="fold", min_width=20 if col in ("shape", "note") else None,
+                             no_wrap=col not in ("shape", "note"))
         for layer in manifest:
             table.add_row(*(_cell(layer.get(col)) for col in columns))
         out.print(table)
