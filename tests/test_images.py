@@ -14,12 +14,14 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from dlas_agent import auth
 from dlas_host import images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,13 @@ def test_run_command_publishes_on_loopback_only():
     assert cmd[-2:] == ["dlas-agent:cpu-x86_64", "serve"]
 
 
+def test_run_command_passes_the_secret_by_env_file_only():
+    cmd = images.run_command("img", 9190, "docker", env_file="/home/u/.dlas-agent/agent.env")
+    i = cmd.index("--env-file")
+    assert cmd[i + 1] == "/home/u/.dlas-agent/agent.env" and cmd[-2:] == ["img", "serve"]
+    assert not any("SECRET=" in a for a in cmd)
+
+
 def test_run_command_variants():
     host = images.run_command("img", 9190, "podman", network="host", tracker="10.0.0.1:9190", key="rpi4")
     assert "--network" in host and "DLAS_AGENT_HOST=127.0.0.1" in host and not any(":9190:" in a for a in host)
@@ -166,10 +175,16 @@ def test_cpu_image_is_small_and_runtime_only(engine, cpu_image):
     assert "libtvm_runtime.so" in inside["tvm_libs"]
 
 
+_SECRET_DIR = Path(tempfile.mkdtemp(prefix="dlas-image-secret-"))
+_SECRET = auth.write_secret(_SECRET_DIR / "agent.secret")
+auth.write_secret(_SECRET_DIR / "agent.env", f"{auth.SECRET_ENV}={_SECRET}")
+
+
 @contextlib.contextmanager
 def _agent_container(engine: images.Engine, image: str, port: int, extra: list[str] | None = None):
     name = f"dlas-test-agent-{uuid.uuid4().hex[:8]}"
-    cmd = images.run_command(image, 9190, "podman", name=name, threads=2, restart="")
+    env_file = _SECRET_DIR / "agent.env"  # the agent's secret, as deploy writes it (mode 0600)
+    cmd = images.run_command(image, 9190, "podman", name=name, threads=2, restart="", env_file=str(env_file))
     # Publish on a free host port (127.0.0.1 only); the agent keeps its default 9190 inside.
     cmd = [a if a != "127.0.0.1:9190:9190" else f"127.0.0.1:{port}:9190" for a in cmd]
     engine.run(*cmd[1:-2], *(extra or []), *cmd[-2:], timeout=120)
@@ -206,7 +221,7 @@ def test_cpu_image_benchmarks_a_real_model(engine, cpu_image):
     with _agent_container(engine, cpu_image.tag, port) as name:
         _wait_healthy(engine, name)
         timeouts = Timeouts(connect_s=30, run_s=300)
-        session = rpc_connect("127.0.0.1", port, "dlas", 300, timeouts)
+        session = rpc_connect("127.0.0.1", port, "dlas", 300, timeouts, bytes.fromhex(_SECRET))
         client = AgentClient(session, device, timeouts, f"container:{name}")
         pong = client.ping()
         info = client.device_info()
@@ -223,6 +238,14 @@ def test_cpu_image_benchmarks_a_real_model(engine, cpu_image):
         state = json.loads(proc.stdout.strip().splitlines()[-1])
         assert proc.returncode == 0 and state["state"] == "busy", proc.stdout
         del client, session
+
+
+def test_cpu_image_refuses_to_serve_publicly_without_a_secret(engine, cpu_image):
+    ulimits = list(images.PODMAN_ULIMITS) if os.geteuid() == 0 else []
+    proc = engine.run("run", "--rm", *ulimits, cpu_image.tag, "serve", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("dlas-agent:")]
+    assert len(lines) == 1 and "non-loopback" in lines[0] and "0.0.0.0" in lines[0], proc.stderr
 
 
 def test_cpu_image_is_unhealthy_when_the_agent_hangs(engine, cpu_image):

@@ -169,11 +169,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_agent(tracker_port: int, key: str, log: Path) -> subprocess.Popen:
+def _start_agent(tracker_port: int, key: str, log: Path, device_name: str = "pool") -> subprocess.Popen:
+    from dlas_agent import auth
+    from dlas_host.transport import secret_path
+
+    secret = secret_path(device_name)  # what the host reads for this tracker device
+    if not secret.is_file():
+        auth.write_secret(secret)
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", PYTHONUNBUFFERED="1")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dlas_agent", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key, "--threads", "1"],
+                             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key, "--threads", "1",
+                             "--secret-file", str(secret)],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, start_new_session=True)
     json.loads(proc.stdout.readline())  # {"event": "listening"}
     return proc

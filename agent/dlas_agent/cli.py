@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 
@@ -47,6 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--custom-addr", default=None, help="address reported to the tracker")
     serve.add_argument("--threads", type=int, default=int(os.environ.get("DLAS_AGENT_THREADS", "0")),
                        help="TVM runtime threads (0: TVM's default)")
+    serve.add_argument("--secret-file", default=None,
+                       help="file with this device's secret (hex, mode 0600); default $DLAS_AGENT_SECRET_FILE, "
+                            "else the secret itself in $DLAS_AGENT_SECRET. Required: every connection is "
+                            "authenticated with it")
+
+    secret = sub.add_parser("secret", help="write a fresh random secret (hex, mode 0600) to PATH unless it exists")
+    secret.add_argument("path")
+    secret.add_argument("--force", action="store_true", help="replace an existing secret")
 
     sub.add_parser("info", help="print this device's description as JSON")
 
@@ -56,14 +65,31 @@ def main(argv: list[str] | None = None) -> None:
     health.add_argument("--port", type=int, default=int(os.environ.get("DLAS_AGENT_PORT", "9190")))
     health.add_argument("--key", default=os.environ.get("DLAS_AGENT_KEY", "dlas"))
     health.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ping")
+    health.add_argument("--secret-file", default=None, help="as for serve")
 
     args = parser.parse_args(argv)
     # The agent never compiles: load the runtime library only, even where the full wheel is installed.
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    from . import auth
+
+    if args.command == "secret":
+        path = Path(args.path).expanduser()
+        if path.exists() and not args.force:
+            auth.read_secret_file(path)  # exists: check it is usable (hex, mode 0600)
+            print(f"{path}: kept the existing secret (--force replaces it)")
+            return
+        auth.write_secret(path)
+        print(f"{path}: wrote a new secret (mode 0600); the host needs the same file")
+        return
     if args.command == "health":
         from . import health as health_mod
 
-        result = health_mod.check(args.port, args.host, args.key, args.timeout)
+        try:
+            secret = auth.secret_from_env(args.secret_file)
+        except auth.AuthError as exc:
+            print(f"dlas-agent: {exc}", file=sys.stderr)
+            sys.exit(2)
+        result = health_mod.check(args.port, args.host, args.key, args.timeout, secret=secret)
         print(result.to_json(), flush=True)
         sys.exit(result.exit_code)
     if args.command == "info":
@@ -76,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     _exit_on_sigterm()
     port_end = args.port_end if args.port_end is not None else args.port + 1
     try:
-        run_server(args.host, args.port, port_end, args.tracker, args.key, args.custom_addr, args.threads)
+        secret = auth.secret_from_env(args.secret_file)
+        run_server(args.host, args.port, port_end, args.tracker, args.key, args.custom_addr, args.threads,
+                   secret=secret)
+    except auth.AuthError as exc:
+        print(f"dlas-agent: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        sys.exit(2)
     except (OSError, ValueError) as exc:
         print(f"dlas-agent: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         sys.exit(2)

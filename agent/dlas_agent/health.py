@@ -33,17 +33,17 @@ class Health:
         return json.dumps(asdict(self))
 
 
-def _ping(host: str, port: int, key: str, timeout_s: float) -> dict[str, Any]:
-    """One RPC session calling dlas.ping; raises TimeoutError when no answer comes in time."""
+def _ping(host: str, port: int, key: str, timeout_s: float, secret: bytes) -> dict[str, Any]:
+    """One authenticated RPC session calling dlas.ping; raises TimeoutError when no answer comes in time."""
     box: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            from tvm import rpc  # noqa: PLC0415
-
+            from . import auth  # noqa: PLC0415
             from .protocol import FN_PING  # noqa: PLC0415
 
-            sess = rpc.connect(host, port, key=key, session_timeout=max(10, int(timeout_s) + 5))
+            sess = auth.connect(host, port, secret, key=key, session_timeout_s=max(10, int(timeout_s) + 5),
+                                timeout_s=timeout_s)
             box["value"] = json.loads(sess.get_function(FN_PING)())
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             box["error"] = exc
@@ -85,7 +85,11 @@ def _busy_or_hung(port: int) -> tuple[str, str]:
     return "hung", f"server process {conns[0].pid} accepts no session and serves none"
 
 
-def check(port: int, host: str = "127.0.0.1", key: str = "dlas", timeout_s: float = 10.0) -> Health:
+def check(port: int, host: str = "127.0.0.1", key: str = "dlas", timeout_s: float = 10.0,
+          secret: bytes | None = None) -> Health:
+    if not secret:
+        return Health("down", "no secret configured (--secret-file, DLAS_AGENT_SECRET_FILE or DLAS_AGENT_SECRET): "
+                      "cannot authenticate to the agent", port)
     try:
         with socket.create_connection((host, port), timeout=min(timeout_s, 5.0)):
             pass
@@ -94,13 +98,13 @@ def check(port: int, host: str = "127.0.0.1", key: str = "dlas", timeout_s: floa
     except OSError as exc:
         return Health("down", f"nothing listening on {host}:{port}: {exc.strerror or exc}", port)
     try:
-        answer = _ping(host, port, key, timeout_s)
+        answer = _ping(host, port, key, timeout_s, secret)
     except TimeoutError as exc:
         state, detail = _busy_or_hung(port)
         return Health(state, f"{exc}; {detail}", port)
     except Exception as exc:  # noqa: BLE001 - any failure means unhealthy, with its cause
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        if "matches key" in str(exc):
+        if "does not serve key" in str(exc):
             # The server did the handshake and refused our key: it is alive. Agents registered at a
             # tracker only accept the tracker's one-time match keys.
             return Health("ok", "RPC server answers (key refused: registered at a tracker?)", port)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: authenticated sessions, artifact_mac on every library
 
 # Remote function names the agent registers in its RPC server.
 FN_PING = "dlas.ping"
@@ -67,6 +67,7 @@ class BenchmarkRequest(Message):
     cooldown_ms: int = 0
     num_threads: int = 0  # 0: keep the agent's setting
     outputs: str = "outputs.npz"  # where the agent saves the outputs (empty: don't)
+    artifact_mac: str = ""  # HMAC(secret, session nonce, sha256) (auth.artifact_mac): no valid MAC, no load
     protocol: int = PROTOCOL_VERSION
 
 
@@ -152,6 +153,7 @@ class KernelTimingRequest(Message):
     min_repeat_ms: int = 40
     cooldown_ms: int = 0
     num_threads: int = 0
+    artifact_mac: str = ""  # as BenchmarkRequest.artifact_mac
     protocol: int = PROTOCOL_VERSION
 
 

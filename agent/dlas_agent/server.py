@@ -6,6 +6,7 @@ functions registered here before the fork are visible in every session. Uploads 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -14,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, devinfo
+from . import __version__, auth, devinfo
 from .protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, FN_TIME_KERNEL, PROTOCOL_VERSION, BenchmarkRequest,
                        BenchmarkResult, KernelTimingRequest, KernelTimingResult, ProtocolError)
 from .runner import ArtifactRejected, run_benchmark, time_kernel
@@ -34,6 +35,10 @@ def _handle(request_type, result_type, run, request_json: str) -> str:
         request = request_type.from_json(request_json)
         if request.protocol != PROTOCOL_VERSION:
             raise ProtocolError(f"host speaks protocol {request.protocol}, agent speaks {PROTOCOL_VERSION}")
+        try:  # only a library whose hash the authenticated host registered (HMAC) is ever loaded
+            auth.check_artifact(request.sha256, request.artifact_mac)
+        except PermissionError as exc:
+            raise ArtifactRejected(str(exc)) from None
         return run(request, _work_dir()).to_json()
     except (ArtifactRejected, ProtocolError, FileNotFoundError, ValueError) as exc:
         return result_type(ok=False, error=str(exc)).to_json()
@@ -63,23 +68,184 @@ def register_functions() -> None:
     tvm_ffi.register_global_func(FN_TIME_KERNEL, handle_time_kernel, override=True)
 
 
+def _lock_down_session() -> None:
+    """In a session process: TVM's generic ``load_module`` / ``download_linked_module`` RPC functions would
+    load any uploaded file; the agent loads libraries only through ``dlas.benchmark`` / ``dlas.time_kernel``."""
+    import tvm_ffi  # noqa: PLC0415
+
+    def refused(*_args: object) -> None:
+        raise PermissionError("dlas-agent: loading modules over RPC is disabled; use dlas.benchmark")
+
+    for name in ("tvm.rpc.server.load_module", "tvm.rpc.server.download_linked_module"):
+        tvm_ffi.register_global_func(name, refused, override=True)
+
+
+def _session_main(sock, work_path, secret: bytes, nonce: bytes) -> None:  # noqa: ANN001 - TVM objects
+    from tvm.rpc import _ffi_api, server as rpc_server  # noqa: PLC0415
+
+    rpc_server._server_env(None, work_path)  # noqa: SLF001 - TVM's session environment (work dir, upload)
+    _lock_down_session()
+    auth.SESSION.secret, auth.SESSION.nonce = secret, nonce
+    _ffi_api.ServerLoop(sock.fileno())
+
+
+def _serving(conn, addr, opts: dict, secret: bytes, nonce: bytes) -> None:  # noqa: ANN001
+    """One authenticated session in a forked process with its own work dir (TVM's ``_serving``, plus the
+    session's secret and nonce, and the lock-down)."""
+    from tvm.rpc import _ffi_api  # noqa: PLC0415
+    from tvm.support import utils  # noqa: PLC0415
+
+    work_path = utils.tempdir()
+    old_cwd = os.getcwd()
+    os.chdir(work_path.path)
+    try:
+        proc = multiprocessing.Process(target=_session_main, args=(conn, work_path, secret, nonce))
+        proc.start()
+        proc.join(opts.get("timeout"))
+        if proc.is_alive():
+            log.warning("session from %s timed out after %ss: killing it", addr, opts.get("timeout"))
+            _ffi_api.ReturnException(conn.fileno(), f"RPCSessionTimeoutError: Your {opts['timeout']}s session has "
+                                     "expired, try to increase the \"session_timeout\" value.")
+            import psutil  # noqa: PLC0415
+
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.terminate()
+            proc.terminate()
+            proc.join(5)
+        elif proc.exitcode:
+            log.warning("session worker %s exited with %s", proc.pid, proc.exitcode)
+    finally:
+        os.chdir(old_cwd)
+        work_path.remove()
+        conn.close()
+
+
+def _accept(listen_sock, secret: bytes, matchkey: str, rpc_key: str):  # noqa: ANN001
+    """Accept one connection; authenticate it, then TVM's key exchange. None if refused (socket closed)."""
+    import struct  # noqa: PLC0415
+
+    from tvm.rpc import base  # noqa: PLC0415
+
+    conn, addr = listen_sock.accept()
+    try:
+        nonce = auth.server_handshake(conn, secret)
+        conn.settimeout(auth.HANDSHAKE_TIMEOUT_S)
+        magic = struct.unpack("<i", auth.recv_exact(conn, 4))[0]
+        if magic != base.RPC_MAGIC:
+            raise auth.AuthError("no TVM RPC hello after authentication")
+        (keylen,) = struct.unpack("<i", auth.recv_exact(conn, 4))
+        if not 0 <= keylen <= 4096:
+            raise auth.AuthError(f"bad key length {keylen}")
+        words = auth.recv_exact(conn, keylen).decode("utf-8", "replace").split()
+        if not words or words[0] != "client:" + matchkey:
+            conn.sendall(struct.pack("<i", base.RPC_CODE_MISMATCH))
+            raise auth.AuthError(f"key mismatch ({words[0] if words else ''!r})")
+        server_key = ("server:" + rpc_key).encode()
+        conn.sendall(struct.pack("<ii", base.RPC_CODE_SUCCESS, len(server_key)) + server_key)
+        conn.settimeout(None)
+    except (auth.AuthError, OSError, ConnectionError) as exc:
+        print(f"dlas-agent: refused a connection from {addr[0]}:{addr[1]}: {exc}", file=sys.stderr, flush=True)
+        conn.close()
+        return None
+    opts = {}
+    for word in words[1:]:
+        if word.startswith("-timeout="):
+            try:
+                opts["timeout"] = float(word[9:]) or None
+            except ValueError:
+                pass
+    return conn, addr, opts, nonce
+
+
+def _listen_loop(sock, port: int, secret: bytes, rpc_key: str, tracker_addr, custom_addr) -> None:  # noqa: ANN001
+    """TVM's listen loop (tracker registration, one session at a time), every connection authenticated first."""
+    import select  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    from tvm.rpc import base  # noqa: PLC0415
+    from tvm.rpc.base import TrackerCode  # noqa: PLC0415
+
+    tracker_conn = None
+    while True:
+        try:
+            if tracker_addr and tracker_conn is None:
+                tracker_conn = base.connect_with_retry(tracker_addr)
+                tracker_conn.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+                if struct.unpack("<i", base.recvall(tracker_conn, 4))[0] != base.RPC_TRACKER_MAGIC:
+                    raise RuntimeError(f"{tracker_addr} is not an RPC tracker")
+                base.sendjson(tracker_conn, [TrackerCode.UPDATE_INFO, {"key": "server:" + rpc_key,
+                                                                       "addr": (custom_addr, port)}])
+                assert base.recvjson(tracker_conn) == TrackerCode.SUCCESS
+            if tracker_conn:
+                matchkey = base.random_key(rpc_key)
+                base.sendjson(tracker_conn, [TrackerCode.PUT, rpc_key, (port, matchkey), custom_addr])
+                assert base.recvjson(tracker_conn) == TrackerCode.SUCCESS
+            else:
+                matchkey = rpc_key
+            accepted = None
+            old_keys: set[str] = set()
+            unmatched = 0
+            while accepted is None:
+                if tracker_conn:
+                    ready, _, _ = select.select([sock], [], [], 2.0)
+                    if not ready:
+                        base.sendjson(tracker_conn, [TrackerCode.GET_PENDING_MATCHKEYS])
+                        pending = base.recvjson(tracker_conn)
+                        old_keys.add(matchkey)
+                        unmatched = 0 if matchkey in pending else unmatched + 1
+                        if unmatched * 2.0 > 6.0:  # taken by a client that never came: a fresh key
+                            matchkey = base.random_key(rpc_key, cmap=old_keys)
+                            base.sendjson(tracker_conn, [TrackerCode.PUT, rpc_key, (port, matchkey), custom_addr])
+                            assert base.recvjson(tracker_conn) == TrackerCode.SUCCESS
+                            unmatched = 0
+                        continue
+                accepted = _accept(sock, secret, matchkey, rpc_key)
+        except OSError:
+            if tracker_conn:  # the tracker went away: register again
+                tracker_conn.close()
+                tracker_conn = None
+            continue
+        conn, addr, opts, nonce = accepted
+        _serving(conn, addr, opts, secret, nonce)
+
+
 def serve(host: str = "127.0.0.1", port: int = 9190, port_end: int = 9290, tracker: str | None = None,
-          key: str = "dlas", custom_addr: str | None = None, threads: int = 0) -> None:
-    """Serve until killed. Prints one JSON line ``{"event": "listening", ...}`` once bound."""
+          key: str = "dlas", custom_addr: str | None = None, threads: int = 0, secret: bytes | None = None) -> None:
+    """Serve until killed. Prints one JSON line ``{"event": "listening", ...}`` once bound.
+
+    Every connection must pass the HMAC handshake of ``auth`` with ``secret`` before any TVM RPC byte is read.
+    """
+    import socket  # noqa: PLC0415
+
+    if not secret:
+        where = "" if auth.is_loopback(host) else f" (refusing to bind {host}, a non-loopback address, without one)"
+        raise auth.AuthError(f"no secret configured{where}: pass --secret-file PATH or set "
+                             f"{auth.SECRET_FILE_ENV} / {auth.SECRET_ENV} (make one with `dlas-agent secret PATH`)")
     if threads > 0:
         os.environ["TVM_NUM_THREADS"] = str(threads)
     # Sessions are forked so they inherit the registered functions (3.14 changed the default).
     multiprocessing.set_start_method("fork", force=True)
-    from tvm.rpc import server as rpc_server  # noqa: PLC0415
+    from tvm.rpc import base  # noqa: PLC0415
 
     register_functions()
     tracker_addr = None
     if tracker:
         thost, _, tport = tracker.rpartition(":")
         tracker_addr = (thost, int(tport))
-    state = rpc_server.PopenRPCServerState(host, port, port_end, False, tracker_addr, key, None, custom_addr,
-                                           silent=False)
-    print(json.dumps({"event": "listening", "host": host, "port": state.port, "pid": os.getpid(),
-                      "tracker": tracker, "key": key, "agent": __version__}), flush=True)
-    state.thread.join()
-    sys.exit(0)
+    sock = socket.socket(base.get_addr_family((host, port)), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound = None
+    for candidate in range(port, port_end):
+        try:
+            sock.bind((host, candidate))
+            bound = candidate
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    if bound is None:
+        raise ValueError(f"cannot bind to any port in [{port}, {port_end})")
+    sock.listen(8)
+    print(json.dumps({"event": "listening", "host": host, "port": bound, "pid": os.getpid(),
+                      "tracker": tracker, "key": key, "agent": __version__, "auth": "hmac-sha256"}), flush=True)
+    _listen_loop(sock, bound, secret, key, tracker_addr, custom_addr)

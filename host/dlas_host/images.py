@@ -497,8 +497,13 @@ def push(name_or_ref: str, registry: str, engine: Engine | None = None, tls_veri
 def run_command(image: str, rpc_port: int = 9190, engine: str = "docker", *, name: str = "dlas-agent",
                 threads: int = 0, tracker: str | None = None, key: str = "dlas", gpus: bool = False,
                 jetson: bool = False, network: str = "publish", restart: str = "unless-stopped",
-                extra_env: dict[str, str] | None = None, detach: bool = True) -> list[str]:
+                extra_env: dict[str, str] | None = None, detach: bool = True,
+                env_file: str | None = None) -> list[str]:
     """The command line that starts the agent container on a device (for ``dlas-host deploy``).
+
+    ``env_file``: a file on the device (mode 0600) holding ``DLAS_AGENT_SECRET=<hex>``, the agent's secret
+    (``dlas-host deploy`` writes it to ``install_dir/agent.env``); passed as ``--env-file`` so the secret never
+    appears on a command line. The agent refuses to start without a secret. None: the caller passes it.
 
     ``network="publish"``: the agent listens on the container's network and the port is published on the
     device's loopback only (127.0.0.1:PORT), so it is reachable through the SSH tunnel and nowhere else.
@@ -536,6 +541,8 @@ def run_command(image: str, rpc_port: int = 9190, engine: str = "docker", *, nam
     env.update(extra_env or {})
     for k, v in env.items():
         cmd += ["-e", f"{k}={v}"]
+    if env_file:
+        cmd += ["--env-file", env_file]
     cmd += [image, "serve"]
     return cmd
 
@@ -702,13 +709,18 @@ def run_command_cmd(
     engine_name: str = typer.Option("docker", "--engine", help="the device's engine: docker or podman"),
     threads: int = typer.Option(0, "--threads"),
     host_network: bool = typer.Option(False, "--host-network", help="--network host instead of publishing"),
+    env_file: str = typer.Option("~/.dlas-agent/agent.env", "--env-file",
+                                 help="file on the device with DLAS_AGENT_SECRET=<hex> (mode 0600; deploy writes it)"),
 ) -> None:
     """Print the command that starts the agent container on a device (what deploy runs)."""
     fl = FLAVORS.get(image)
     try:
         cmd = run_command(fl.tag if fl else image, port, engine_name, threads=threads,
                           gpus=bool(fl and fl.cuda and fl.name != "jetson"), jetson=bool(fl and fl.name == "jetson"),
-                          network="host" if host_network else "publish")
+                          network="host" if host_network else "publish", env_file=env_file)
     except ImageError as exc:
         _fail(str(exc))
-    print(shlex.join(cmd))
+    words = [shlex.quote(a) for a in cmd]
+    if env_file.startswith("~/") and shlex.quote(env_file[2:]) == env_file[2:]:
+        words[cmd.index("--env-file") + 1] = env_file  # unquoted: the device's shell expands ~
+    print(" ".join(words))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dlas_agent import auth
 from dlas_agent.runner import sha256_file
 
 from ..bundle import CPU_ONLY_REMOVE, RUNTIME_ONLY_REMOVE, build_bundle
@@ -28,6 +29,8 @@ Log = Callable[[str], None]
 SERVICE = "dlas-agent"
 ENGINES = ("podman", "docker")
 FORMAT_VERSION = 1
+SECRET_FILE = "agent.secret"  # in install_dir (0700): the agent's secret, hex, mode 0600
+ENV_FILE = "agent.env"  # the same secret as DLAS_AGENT_SECRET=..., for `podman|docker run --env-file` (0600)
 
 
 class DeployError(AgentError):
@@ -160,7 +163,8 @@ window_start=$(date +%s)
 restarts=0
 while :; do
   TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1 setsid "$D/current/bin/python" -m dlas_agent serve \\
-      --host 127.0.0.1 --port {port} --threads {threads} >> "$D/agent.log" 2>&1 < /dev/null &
+      --host 127.0.0.1 --port {port} --threads {threads} --secret-file "$D/{SECRET_FILE}" \\
+      >> "$D/agent.log" 2>&1 < /dev/null &
   child=$!
   echo "$child" > "$D/agent.pid"
   wait "$child"
@@ -182,13 +186,14 @@ done
 
 def systemd_unit(install_dir_abs: str, port: int, threads: int) -> str:
     python = _systemd_word(f"{install_dir_abs}/current/bin/python")
+    secret = _systemd_word(f"{install_dir_abs}/{SECRET_FILE}")
     return f"""[Unit]
 Description=DLAS Lab device agent (TVM runtime RPC on 127.0.0.1:{port})
 After=network.target
 
 [Service]
 Environment=TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1
-ExecStart={python} -m dlas_agent serve --host 127.0.0.1 --port {port} --threads {threads}
+ExecStart={python} -m dlas_agent serve --host 127.0.0.1 --port {port} --threads {threads} --secret-file {secret}
 Restart=always
 RestartSec=2
 StartLimitIntervalSec=300
@@ -298,11 +303,16 @@ def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool =
         report.fingerprint = fp
         up_to_date = p.deployed.get("fingerprint") == fp and not force
         report.plan = _plan(device, p, manifest, up_to_date)
+        report.plan.append(f"agent secret: host {_host_secret_path(device)} (made on first deploy), device "
+                           f"{device.agent.install_dir}/{SECRET_FILE} and {ENV_FILE} (0600); restart if it changed")
         if dry_run:
             for step in report.plan:
                 log(f"plan: {step}")
             return report
 
+        secret_changed = _provision_secret(ssh, device, p, log)
+        if secret_changed:
+            report.actions.append(f"provisioned the agent secret ({device.agent.install_dir}/{SECRET_FILE})")
         if not up_to_date:
             report.changed = True
             if device.agent.mode == "process":
@@ -312,6 +322,10 @@ def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool =
         elif not _service_running(ssh, device, p):
             log(f"{device.name}: agent is up to date but not running: starting it")
             _start_service(ssh, device, p, report)
+        elif secret_changed:
+            log(f"{device.name}: the agent secret changed: restarting the agent")
+            _start_service(ssh, device, p, report)
+            report.changed = True
         else:
             report.actions.append("nothing to install (fingerprint matches)")
 
@@ -475,6 +489,41 @@ def wait_healthy(ssh: SSH, device: Device, timeout_s: float, log: Log) -> dict[s
                       + (f"; agent.log: {' | '.join(tail.strip().splitlines())}" if tail.strip() else ""))
 
 
+# ---------------------------------------------------------------------------------------------- secret
+def _host_secret_path(device: Device) -> Path:
+    from ..transport import secret_path  # noqa: PLC0415
+
+    return secret_path(device.name)
+
+
+def _provision_secret(ssh: SSH, device: Device, p: Probe, log: Log) -> bool:
+    """The device's agent gets the host's secret for it (made here on the first deploy): ``install_dir``
+    (0700) / ``agent.secret`` and ``agent.env``, both 0600, created empty with that mode before the secret is
+    written. Returns True when the device's copy changed (the running agent must be restarted)."""
+    path = _host_secret_path(device)
+    if not path.is_file():
+        auth.write_secret(path)
+        log(f"{device.name}: made a new agent secret {path} (mode 0600)")
+    try:
+        secret = auth.read_secret_file(path).hex()
+    except auth.AuthError as exc:
+        raise DeployError(f"{device.name}: {exc}") from None
+    a = device.agent
+    d = _remote_path(a.install_dir)
+    d_abs = a.install_dir.replace("~", p.home, 1) if a.install_dir.startswith("~") else a.install_dir
+    want = {SECRET_FILE: secret + "\n", ENV_FILE: f"{auth.SECRET_ENV}={secret}\n"}
+    _, out, _ = ssh.run(f"cd {d} 2>/dev/null && sha256sum {SECRET_FILE} {ENV_FILE} 2>/dev/null; true", check=False)
+    have = {w[1]: w[0] for w in (line.split() for line in out.splitlines()) if len(w) == 2}
+    todo = [n for n, text in want.items() if have.get(n) != hashlib.sha256(text.encode()).hexdigest()]
+    if not todo:
+        return False
+    ssh.run(f"umask 077 && mkdir -p {d} && chmod 700 {d} && " + " && ".join(f": > {d}/{n}.part" for n in todo))
+    for name in todo:
+        ssh.put_text(want[name], f"{d_abs}/{name}.part", 0o600)
+        ssh.run(f"chmod 600 {d}/{name}.part && mv -f {d}/{name}.part {d}/{name}")
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- containers
 def _image_id(ssh: SSH, device: Device, p: Probe, pull: bool = True) -> str:
     image = device.agent.image
@@ -500,8 +549,10 @@ def _run_container(ssh: SSH, device: Device, p: Probe) -> None:
     gpu = ""
     if device.is_cuda:
         gpu = "--gpus all " if engine == "docker" else "--device nvidia.com/gpu=all "
+    env_file = f"{_remote_path(a.install_dir)}/{ENV_FILE}"  # the secret: never on a command line
     ssh.run(f"{engine} rm -f {name} >/dev/null 2>&1; {engine} run -d --name {name} --restart=always --network host "
-            f"{gpu}-e TVM_USE_RUNTIME_LIB=1 --entrypoint dlas-agent {shlex.quote(a.image or '')} serve "
+            f"{gpu}-e TVM_USE_RUNTIME_LIB=1 --env-file {env_file} --entrypoint dlas-agent "
+            f"{shlex.quote(a.image or '')} serve "
             f"--host 127.0.0.1 --port {a.rpc_port} --threads {device.threads}", timeout_s=120)
 
 

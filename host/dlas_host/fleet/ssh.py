@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..devices import SSHConnection
-from ..transport import AgentError, AgentTimeout, call_with_deadline
+from ..agent_client import AgentError, AgentTimeout, call_with_deadline
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

@@ -2,7 +2,8 @@
 
 The agent binds the device's loopback only; nothing unauthenticated listens on the lab network. The host
 listens on an ephemeral 127.0.0.1 port and pipes each accepted connection through its own channel to
-``127.0.0.1:<rpc_port>`` on the device.
+``127.0.0.1:<rpc_port>`` on the device. Any local user can reach that port (and, on the device, the agent's);
+the agent therefore authenticates every connection with the device's secret (``dlas_agent.auth``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from typing import Any, Iterator
 
 from ..devices import Device
-from ..transport import AgentClient, AgentError, AgentTimeout, Timeouts, call_with_deadline, rpc_connect
+from ..agent_client import (AgentClient, AgentError, AgentTimeout, Timeouts, call_with_deadline, device_secret,
+                         rpc_connect)
 from .ssh import SSH, HostUnreachable, RemoteTimeout, SSHError
 
 
@@ -204,9 +206,11 @@ def ssh_agent_session(device: Device, timeouts: Timeouts | None = None,
     port = device.agent.rpc_port
     forward = ForwardProcess(conn, port, timeouts, accept_new_host_key)
     try:
+        secret = device_secret(device)  # the forward's local port is open to local users: the agent authenticates
         t0 = time.monotonic()
         try:
-            session = rpc_connect("127.0.0.1", forward.port, "dlas", device.agent.session_timeout_s, timeouts)
+            session = rpc_connect("127.0.0.1", forward.port, "dlas", device.agent.session_timeout_s, timeouts,
+                                  secret)
         except AgentTimeout:
             raise AgentTimeout(f"{device.name}: the agent on {forward.name} port {port} accepted the connection but "
                                f"did not answer the RPC handshake within {timeouts.connect_s:g} s (agent hung?)") \
