@@ -530,3 +530,25 @@ def test_host_bench_path_registers_and_runs(agent, tmp_path):
     assert outputs and result.stats.n == 2
     del client, session
     gc.collect()
+
+
+def test_closed_sessions_leave_no_zombie_relay(local_device) -> None:
+    """TVM never waits for the pipe relay of an authenticated session: the client reaps it."""
+    import gc
+    import time
+
+    import psutil
+
+    from dlas_host.transport import connect
+
+    for _ in range(3):
+        with connect(local_device):
+            pass
+    gc.collect()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        zombies = [p.pid for p in psutil.Process().children() if p.status() == psutil.STATUS_ZOMBIE]
+        if not zombies:
+            break
+        time.sleep(0.2)
+    assert zombies == []

@@ -120,8 +120,14 @@ def test_half_written_record_line_is_dropped_not_fatal(tuned_dir, tmp_path, loca
 
 def _agent_pids() -> list[psutil.Process]:
     me = psutil.Process()
-    return [p for p in me.children(recursive=True)
-            if "dlas_agent" in " ".join(p.cmdline()) and "serve" in p.cmdline() and p.ppid() == me.pid]
+    out = []
+    for p in me.children(recursive=True):
+        try:
+            if "dlas_agent" in " ".join(p.cmdline()) and "serve" in p.cmdline() and p.ppid() == me.pid:
+                out.append(p)
+        except psutil.Error:  # exited meanwhile
+            continue
+    return out
 
 
 def test_killed_agent_mid_tuning_reconnects_and_keeps_every_record(local_device, tmp_path):

@@ -28,6 +28,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +217,26 @@ def tvm_key_handshake(sock: socket.socket, key: str, session_timeout_s: float, t
     sock.settimeout(None)
 
 
+def _relay_children() -> set[int]:
+    """Pids of this process's relay children (Linux /proc; elsewhere none are found and none reaped)."""
+    pids = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and _RELAY.encode() in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def connect(host: str, port: int, secret: bytes, key: str = "dlas", session_timeout_s: float = 0,
             timeout_s: float = 20.0):  # -> tvm.rpc.RPCSession
     """An authenticated TVM RPC session. The session carries ``dlas_auth = (secret, nonce)`` for
@@ -227,7 +248,10 @@ def connect(host: str, port: int, secret: bytes, key: str = "dlas", session_time
         nonce = client_handshake(sock, secret, timeout_s)
         tvm_key_handshake(sock, key, session_timeout_s, timeout_s)
         os.set_inheritable(sock.fileno(), True)
+        before = _relay_children()
         sess = RPCSession(_ffi_api.CreatePipeClient(sys.executable, "-I", "-S", _RELAY, str(sock.fileno())))
+        for pid in _relay_children() - before:  # TVM never waits for the relay: reap it when it exits
+            threading.Thread(target=_reap, args=(pid,), name=f"dlas-relay-reaper-{pid}", daemon=True).start()
     finally:
         sock.close()  # the relay holds its own copy
     sess.dlas_auth = (secret, nonce)
