@@ -373,23 +373,7 @@ def test_generic_load_module_is_disabled_even_when_authenticated(agent, planted)
 
 
 # ------------------------------------------------------------------------------------------------ tracker
-@pytest.fixture()
-def tracker():
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    yield port
-    _stop(proc)
-
-
+# (the `tracker` fixture: conftest.py)
 def _wait_free(port: int, key: str, n: int = 1) -> None:
     from tvm import rpc
 

@@ -133,7 +133,7 @@ def test_unknown_host_key_is_refused_and_opt_in_records_it(env):
         SSH.open(dev.connection, timeout_s=5).close()
     assert time.monotonic() - t0 < 15
     assert env["lab"].known_hosts.read_text().strip() == ""
-    report = deploy(dev, dry_run=True, accept_new_host_key=True, log=lambda _m: None)
+    report = deploy(dev, dry_run=True, probe_device=True, accept_new_host_key=True, log=lambda _m: None)
     assert report.dry_run and report.plan and not report.actions
     recorded = env["lab"].known_hosts.read_text()
     assert labmod.key_pub(env["x86"]).split()[1] in recorded
@@ -164,7 +164,7 @@ def test_deploy_x86_installs_runtime_only_agent_and_is_idempotent(env):
     assert not second.changed
     assert second.actions == ["nothing to install (fingerprint matches)"]
     assert second.timings_s["total"] < first.timings_s["total"]
-    plan = deploy(dev, dry_run=True, log=print).plan
+    plan = deploy(dev, dry_run=True, probe_device=True, log=print).plan
     assert "up to date" in plan[0]
 
 
@@ -173,7 +173,7 @@ def test_container_mode_dry_run_plans_the_configured_image(env):
 
     if not shutil.which("podman") and not shutil.which("docker"):
         pytest.skip("neither podman nor docker installed")
-    report = deploy(_registry(env).get("sim-x86-container"), dry_run=True, log=print)
+    report = deploy(_registry(env).get("sim-x86-container"), dry_run=True, probe_device=True, log=print)
     assert any("localhost/dlas-agent:fleet-test-absent" in step and "--network host" in step for step in report.plan)
     assert not report.actions
 
@@ -184,7 +184,7 @@ def test_cli_deploy_dry_run_and_devices_list(env):
     from dlas_host.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["deploy", "--device", "sim-x86", "--dry-run", "--devices", str(env["devfile"])])
+    result = runner.invoke(app, ["deploy", "--device", "sim-x86", "--dry-run", "--probe", "--devices", str(env["devfile"])])
     assert result.exit_code == 0, result.output
     assert "plan:" in result.output
     result = runner.invoke(app, ["deploy", "--device", "sim-gone", "--devices", str(env["devfile"])])

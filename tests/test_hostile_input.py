@@ -109,6 +109,29 @@ def test_cli_deploy_dry_run_with_a_hostile_python_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_cli_deploy_dry_run_connects_to_nothing(tmp_path):
+    """`--dry-run` plans from devices.yaml alone: the device's SSH port never sees a connection."""
+    import socket
+
+    from dlas_host.cli import app
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    path = _write(tmp_path, f"devices:\n  pi:\n    arch: aarch64\n    target: {{kind: llvm, mtriple: aarch64-linux-gnu}}\n"
+                            f"    connection: {{type: ssh, host: 127.0.0.1, port: {port}, user: pi}}\n")
+    try:
+        result = CliRunner().invoke(app, ["deploy", "--device", "pi", "--dry-run", "--devices", str(path)])
+        assert result.exit_code == 0, result.output
+        assert "plan: connect to pi@127.0.0.1" in result.output and "--probe" in result.output
+        with pytest.raises(socket.timeout):
+            listener.accept()[0].close()
+    finally:
+        listener.close()
+
+
 # ------------------------------------------------------------------------------------------------ quoting
 def _unchecked_device(python: str = "python3", install_dir: str = "~/.dlas-agent") -> Device:
     """A device whose values skipped devices.yaml's checks (built in code): the commands must still quote."""
@@ -234,7 +257,7 @@ def test_deploy_dry_run_over_ssh_runs_no_hostile_python(tmp_path):
             dev = _unchecked_device(python=value, install_dir=str(tmp_path / "agent"))
             dev = Device.model_construct(**{**dict(dev), "connection": conn})
             with pytest.raises(DeployError, match="no working"):
-                deploy(dev, dry_run=True, accept_new_host_key=True, log=lambda _m: None)
+                deploy(dev, dry_run=True, probe_device=True, accept_new_host_key=True, log=lambda _m: None)
             assert not marker.exists(), value
         assert not (tmp_path / "agent").exists()
     finally:

@@ -152,23 +152,6 @@ def test_killed_agent_mid_tuning_reconnects_and_keeps_every_record(local_device,
     assert sum(t.done for t in report.tasks) >= 12 - 4  # tuning went on after the reconnect
 
 
-@pytest.fixture()
-def tracker(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
-    yield port
-    proc.kill()
-    proc.wait()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

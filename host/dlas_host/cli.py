@@ -44,11 +44,8 @@ app.add_typer(images_app, name="images")
 
 
 
-class _Systems(str, Enum):
-    """The --system choices: generated from the system dimension (tvm + the registered engines)."""
-
-
-System = _Systems("System", {name: name for name in dimensions.get("system").known()})
+# the --system choices: generated from the system dimension (tvm + the registered engines)
+System = Enum("System", {name: name for name in dimensions.get("system").known()}, type=str)
 
 
 # ----------------------------------------------------------------------------------------------- devices
@@ -116,7 +113,8 @@ def devices_check(name: Optional[str] = typer.Argument(None, help="device (defau
 @app.command("deploy")
 def deploy_cmd(
     device: str = typer.Option(..., "--device", help="SSH device from devices.yaml"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="probe the device and print the plan; change nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan from devices.yaml; connect to nothing"),
+    probe_device: bool = typer.Option(False, "--probe", help="with --dry-run: run the read-only probe for an exact plan"),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key",
                                              help="record the key of a host not yet in known_hosts (never a changed one)"),
     force: bool = typer.Option(False, "--force", help="reinstall even if the deployed fingerprint matches"),
@@ -129,7 +127,7 @@ def deploy_cmd(
     with user_errors():
         dev = _registry(devices_file).get(device)
         try:
-            report = deploy(dev, dry_run=dry_run, accept_new_host_key=accept_new_host_key, force=force,
+            report = deploy(dev, dry_run=dry_run, probe_device=probe_device, accept_new_host_key=accept_new_host_key, force=force,
                             log=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
         except BundleError as exc:
             fail(str(exc))

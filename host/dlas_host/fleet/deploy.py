@@ -266,17 +266,26 @@ def fingerprint(device: Device, manifest: dict[str, str], extra: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------- deploy
-def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool = False, log: Log = print,
-           timeouts: Timeouts | None = None, start_timeout_s: float = 180.0, install_timeout_s: float = 900.0,
-           force: bool = False) -> DeployReport:
-    """Install or update the agent (see module docstring). ``dry_run`` runs only the read-only probe (and, for
-    containers, ``image inspect``) and logs the plan: nothing is uploaded, installed, started or written."""
+def deploy(device: Device, *, dry_run: bool = False, probe_device: bool = False, accept_new_host_key: bool = False,
+           log: Log = print, timeouts: Timeouts | None = None, start_timeout_s: float = 180.0,
+           install_timeout_s: float = 900.0, force: bool = False) -> DeployReport:
+    """Install or update the agent (see module docstring).
+
+    ``dry_run`` logs the plan from devices.yaml alone: no connection is opened and nothing runs on the device.
+    With ``probe_device`` too, it connects and runs only the read-only probe (and, for containers,
+    ``image inspect``) to make the plan exact: still nothing is uploaded, installed, started or written.
+    """
     conn = device.connection
     if conn.type != "ssh":
         raise DeployError(f"{device.name}: deploy works on SSH devices; this one is {conn.type} "
                           "(local agents are spawned per job, tracker devices are managed by their pool)")
     timeouts = timeouts or Timeouts(connect_s=20, info_s=60)
     report = DeployReport(device=device.name, dry_run=dry_run)
+    if dry_run and not probe_device:
+        report.plan = offline_plan(device)
+        for step in report.plan:
+            log(f"plan: {step}")
+        return report
     t_all = time.monotonic()
     with SSH.open(conn, timeout_s=timeouts.connect_s, op_timeout_s=120,
                   accept_new_host_key=accept_new_host_key) as ssh:
@@ -334,6 +343,32 @@ def deploy(device: Device, *, dry_run: bool = False, accept_new_host_key: bool =
         report.timings_s["health"] = time.monotonic() - t0
     report.timings_s["total"] = time.monotonic() - t_all
     return report
+
+
+def offline_plan(device: Device) -> list[str]:
+    """What deploy would do, from devices.yaml alone (``--dry-run`` without ``--probe``)."""
+    a, conn = device.agent, device.connection
+    steps = [f"connect to {conn.user}@{conn.host}:{conn.port} over SSH (host key from "
+             f"{conn.known_hosts or '~/.ssh/known_hosts'}, or recorded with --accept-new-host-key)",
+             "probe (read-only): arch, OS, Python, GPU, service manager, deployed fingerprint; stop here if the "
+             f"device is not {device.arch} or the fingerprint matches (then: start if stopped, health check)"]
+    if a.mode == "container":
+        steps += [f"podman|docker pull {a.image} if absent",
+                  f"run {a.image} as '{SERVICE}-{a.rpc_port}' (--network host, --restart=always, agent on "
+                  f"127.0.0.1:{a.rpc_port})"]
+    else:
+        remove = list(RUNTIME_ONLY_REMOVE) + ([] if device.is_cuda else list(CPU_ONLY_REMOVE))
+        steps += [f"build the agent bundle for {device.arch} and the device's Python; upload the wheels that "
+                  f"changed to {a.install_dir}/bundle",
+                  f"create a venv with {a.python} and pip install --no-index dlas-agent",
+                  f"remove {', '.join(remove)} from the installed tvm package (runtime only)",
+                  f"stop the old agent; start it supervised (systemd --user or a supervisor script): dlas_agent "
+                  f"serve --host 127.0.0.1 --port {a.rpc_port}"]
+    steps += [f"agent secret: host {_host_secret_path(device)} (made on first deploy), device "
+              f"{a.install_dir}/{SECRET_FILE} and {ENV_FILE} (0600)",
+              "health check through the SSH tunnel (ping + device_info)",
+              "(add --probe to connect and run the read-only probe for the exact plan)"]
+    return steps
 
 
 def _plan(device: Device, p: Probe, manifest: dict[str, str], up_to_date: bool) -> list[str]:

@@ -19,6 +19,7 @@ from tvm.ir.expr import Constant
 
 from . import registry
 from .common import ConvGeom
+from .manifest import call_constants, fingerprint, weight_of
 from .policy import LoweringPolicy, PolicyError, check_combination
 from .registry import KernelLookupError, KernelRequest
 from .targets import TargetInfo
@@ -75,7 +76,6 @@ class Dispatcher:
         self.policy, self.info, self.target = policy, info, target
         self.conv_index = 0
         self.dense_index = 0
-        self.overrides = dict(policy.overrides)
         self.log: list[tuple[str, str]] = []  # (layer, algorithm) in graph order, for reports and tests
         self.layers: list[LayerPlan] = []  # every conv/dense layer, for the build manifest
         self.error: Exception | None = None  # a PolicyError raised inside the pass (FFI turns it into RuntimeError)
@@ -95,23 +95,12 @@ class Dispatcher:
 
     def _planned(self, plan: LayerPlan, expr: relax.Expr) -> relax.Expr:
         """Record the layer with the constants its kernel call takes (how the manifest finds it again)."""
-        from .manifest import call_constants, fingerprint, weight_of  # noqa: PLC0415
-
         weight = weight_of(call_constants(expr))
         plan.weight = fingerprint(weight) if weight is not None else ""
         self.layers.append(plan)
         return expr
 
     # ---------------------------------------------------------------- conv2d
-    def _algorithm(self, name: str, depthwise_layer: bool) -> str:
-        if self.policy.is_stock:
-            return registry.STOCK
-        if name in self.overrides:
-            return self.overrides[name]
-        if depthwise_layer and self.policy.depthwise_algorithm is not None:
-            return self.policy.depthwise_algorithm
-        return self.policy.algorithm
-
     def conv2d(self, bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         name = f"conv2d_{self.conv_index}"
         self.conv_index += 1
@@ -151,13 +140,12 @@ class Dispatcher:
                 self.log.append((name, self.policy.sparse_format))
                 return self._planned(plan, out)
             plan.note = f"no {self.policy.sparse_format} kernel for this layer"
-        algo = self._algorithm(name, g.is_depthwise)
+        asked, algo = self.policy.layer_algorithm(name, op)
         # per layer, the graph between kernels is NCHW (NCHW/NCHWc policies) or NHWC; any kernel that
         # reads that layout may run (e.g. direct depthwise layers inside a spatial-pack NCHWc model)
-        check_combination(algo, layout, f"layer {name}: algorithm")
-        if algo == "spatial_pack" and op == "grouped_conv2d":
-            algo = "direct"  # no packed kernel for grouped (non-depthwise) convs: direct is the closest
-            plan.note = "grouped conv: direct (no packed kernel)"
+        check_combination(asked, layout, f"layer {name}: algorithm")
+        if algo != asked:
+            plan.note = f"grouped conv: {algo} (no {asked} kernel)"
         self.log.append((name, algo))
         if algo == registry.STOCK:
             new_call = relax.Call(call.op, [data, relax.const(_from_oihw(w, klayout))], call.attrs)

@@ -125,7 +125,7 @@ def _describe(func: Any, call: Any, plan: Any, consts: list[Any], function: str)
 
 def weight_of(consts: list[Any]) -> Any | None:
     """The weight among a kernel call's constants: the largest (others are indices, offsets, compensations)."""
-    return max(consts, key=lambda c: c.value.numpy().size, default=None)
+    return max(consts, key=lambda c: int(np.prod(c.value.shape)), default=None)
 
 
 def build_manifest(mod: Any, plans: list[Any]) -> list[LayerBuild]:
@@ -197,7 +197,6 @@ def check(layers: list[LayerBuild], policy: Any, quantize: str | None) -> None:
         bad(f"asked {quantize}, weights built in another dtype",
             [f"{l.layer} ({l.dtype_weight})" for l in layers if l.dtype_weight != DTYPE_OF_QUANT[quantize]])
     graph = "NHWC" if policy.layout == "NHWC" else "NCHW"
-    overrides = dict(policy.overrides)
     wrong_algo, wrong_layout, wrong_fmt, left_dense = [], [], [], []
     for l in layers:
         if l.format != "dense":
@@ -211,11 +210,7 @@ def check(layers: list[LayerBuild], policy: Any, quantize: str | None) -> None:
             left_dense.append(f"{l.layer} ({1 - l.density:.0%} zeros)")
         if not l.is_conv:
             continue
-        want = registry.STOCK if policy.is_stock else overrides.get(l.layer) or (
-            policy.depthwise_algorithm if l.op == "depthwise_conv2d" and policy.depthwise_algorithm
-            else policy.algorithm)
-        if want == "spatial_pack" and l.op == "grouped_conv2d":
-            want = "direct"  # documented: no packed kernel for grouped convs
+        _, want = policy.layer_algorithm(l.layer, l.op)
         if l.algorithm != want:
             wrong_algo.append(f"{l.layer} ({l.algorithm}, asked {want})")
         if l.algorithm != registry.STOCK and l.layout != graph:

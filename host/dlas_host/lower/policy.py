@@ -48,6 +48,16 @@ class LoweringPolicy:
         if min(self.bsr_block) < 1:
             raise PolicyError(f"bsr_block must be positive, got {self.bsr_block[0]}x{self.bsr_block[1]}")
 
+    def layer_algorithm(self, layer: str, op: str) -> tuple[str, str]:
+        """(asked, built) algorithm of one layer (``op`` as in ``lower.registry.OPS``): overrides first, then
+        the depthwise algorithm for depthwise layers, then the main one; grouped (non-depthwise) convs have no
+        packed kernel, so spatial pack builds them with direct. The dispatcher and the manifest check share it."""
+        if self.is_stock:
+            return "stock", "stock"
+        asked = dict(self.overrides).get(layer) or (
+            self.depthwise_algorithm if op == "depthwise_conv2d" and self.depthwise_algorithm else self.algorithm)
+        return asked, "direct" if asked == "spatial_pack" and op == "grouped_conv2d" else asked
+
     def validate(self) -> "LoweringPolicy":
         """Check algorithms and layouts against the registered kernels (imports TVM); returns self."""
         check_combination(self.algorithm, self.layout)

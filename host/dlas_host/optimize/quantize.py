@@ -21,9 +21,10 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..errors import DlasError
+from ..lower.registry import np_dtype
 from .calibrate import QMAX, Calibration
 from .spec import QuantSpec
-from ..errors import DlasError
 
 QUANT_OPS = ("relax.nn.conv2d", "relax.matmul")
 KEEP_FLOAT32 = {"relax.nn.softmax", "relax.nn.log_softmax", "relax.mean", "relax.sum", "relax.variance",
@@ -163,14 +164,6 @@ def quantize_int8(mod: tvm.IRModule, calibration: Calibration, spec: QuantSpec) 
 # ------------------------------------------------------------------------------------------ fp16 / bf16
 
 
-def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return np.dtype(dtype)
-
-
 @mutator
 class _LowPrecisionRewriter(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, dtype: str) -> None:
@@ -184,7 +177,7 @@ class _LowPrecisionRewriter(PyExprMutator):
             return e
         arr = _const_array(e)
         if arr is not None:
-            return relax.const(arr.astype(np.float32).astype(_np_dtype(dtype)), dtype)
+            return relax.const(arr.astype(np.float32).astype(np_dtype(dtype)), dtype)
         return self.builder_.emit(relax.op.astype(e, dtype))
 
     def visit_call_(self, call: relax.Call):
