@@ -443,6 +443,7 @@ def doctor() -> None:
 
 
 def _register_subcommands() -> None:
+    from .cli_models import models_app, train_cmd
     from .cli_optimize import optimize
     from .cli_sweep import report, sweep_app
     from .cli_tune import tune, tune_db_app
@@ -450,6 +451,8 @@ def _register_subcommands() -> None:
     app.add_typer(sweep_app, name="sweep")
     app.command("report")(report)
     app.command("optimize")(optimize)
+    app.command("train")(train_cmd)
+    app.add_typer(models_app, name="models")
     app.command("tune")(tune)
     app.add_typer(tune_db_app, name="tune-db")
 

@@ -34,6 +34,7 @@ def optimize(
     train_epochs: int = typer.Option(0, help="train the base model first (when there is no checkpoint)"),
     lr: float = typer.Option(0.05),
     checkpoint: Optional[Path] = typer.Option(None, help="base model weights (state dict)"),
+    base: Optional[str] = typer.Option(None, help="stored base model (id or name, e.g. from `dlas-host train`)"),
     data_dir: Optional[Path] = typer.Option(None, help="dataset directory (else $DLAS_<DATASET>_DIR or config)"),
     batch_size: int = typer.Option(64),
     eval_samples: Optional[int] = typer.Option(None, help="cap the test images evaluated"),
@@ -46,6 +47,7 @@ def optimize(
 
     from dlas_host import zoo
     from dlas_host.data import DatasetError
+    from dlas_host.optimize.modelstore import ModelStoreError
     from dlas_host.optimize.pipeline import OptimizeRequest, run
     from dlas_host.optimize.spec import PruneSpec, QuantSpec, SpecError
 
@@ -57,12 +59,12 @@ def optimize(
         zoo.spec(model)
     except (SpecError, zoo.ZooError) as exc:
         _fail(console, str(exc))
-    req = OptimizeRequest(model, dataset, pspec, qspec, checkpoint=checkpoint, data_dir=data_dir,
+    req = OptimizeRequest(model, dataset, pspec, qspec, checkpoint=checkpoint, base=base, data_dir=data_dir,
                           train_epochs=train_epochs, finetune_epochs=finetune_epochs, qat_epochs=qat_epochs, lr=lr, finetune_lr=finetune_lr,
                           batch_size=batch_size, eval_samples=eval_samples, max_steps_per_epoch=max_steps, seed=seed)
     try:
         result = run(req)
-    except (DatasetError, zoo.ZooError, SpecError) as exc:
+    except (DatasetError, zoo.ZooError, SpecError, ModelStoreError) as exc:
         _fail(console, str(exc))
     console.print(result_table(result))
     if json_out:

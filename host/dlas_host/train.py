@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -76,6 +77,7 @@ def train(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig,
     If ``cfg.checkpoint`` exists, training resumes after its last completed epoch.
     """
     device = torch.device(cfg.device) if cfg.device else default_device()
+    home = next(model.parameters()).device  # handed back there: callers keep working on the CPU
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -85,7 +87,17 @@ def train(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, history = 0, []
     if cfg.checkpoint and Path(cfg.checkpoint).is_file():
-        state = torch.load(cfg.checkpoint, map_location=device, weights_only=False)
+        try:  # tensors and plain values only: a planted checkpoint cannot run code
+            state = torch.load(cfg.checkpoint, map_location=device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: set it aside and start over
+            aside = Path(f"{cfg.checkpoint}.unreadable")
+            os.replace(cfg.checkpoint, aside)
+            print(f"warning: checkpoint {cfg.checkpoint} is unreadable ({str(exc).splitlines()[0][:120]}); "
+                  f"moved to {aside.name}, training from the start", file=sys.stderr)
+            state = None
+    else:
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -121,9 +133,10 @@ def train(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig,
             if cfg.checkpoint:
                 _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": history,
-                              "config": {k: v for k, v in asdict(cfg).items() if k != "after_step"}},
+                              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+                                         if k != "after_step"}},
                              Path(cfg.checkpoint))
-    model.eval()
+    model.to(home).eval()
     return history
 
 

@@ -7,6 +7,8 @@ Adding a model is one entry in ``MODELS``: its torchvision constructor and its C
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -117,22 +119,98 @@ def create(name: str, dataset_name: str, *, checkpoint: Path | str | None = None
 
 
 def load_checkpoint(model: nn.Module, path: Path | str) -> None:
+    """Load a state_dict file into ``model``, accepting the published layouts (see ``remap_state_dict``).
+
+    A file that does not fit is refused in one line naming the missing, unexpected and misshapen keys; the
+    model is left untouched then."""
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ZooError(f"checkpoint {path} is not a readable torch file: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+        first = str(exc).strip().splitlines()
+        raise ZooError(f"checkpoint {path} is not a readable torch file: {first[0] if first else type(exc).__name__}"
+                       ) from None
+    state = _unwrap(state)
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZooError(f"checkpoint {path} holds no state_dict (tensors by parameter name)")
+    wanted = model.state_dict()
+    state = remap_state_dict(state, set(wanted))
+    for key, value in wanted.items():  # files from before torch 0.4.1 have no BatchNorm batch counters
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value.clone()
+    misfit = _misfit(wanted, state)
+    if misfit:
+        raise ZooError(f"checkpoint {path} does not fit {type(model).__name__}: {misfit}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise ZooError(f"checkpoint {path} does not fit {type(model).__name__}: {first[1] if len(first) > 1 else first[0]}") from None
+        raise ZooError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                       f"{(first[1] if len(first) > 1 else first[0]).strip()[:300]}") from None
+
+
+_WRAPPERS = ("state_dict", "model_state_dict", "model")
+# prefixes a wrapped model adds to every key: DataParallel / DistributedDataParallel, torch.compile
+_PREFIXES = ("module.", "_orig_mod.")
+# torchvision's published DenseNet files use the old layout: a dense layer's modules named norm.1, conv.2, ...
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _unwrap(state: object) -> object:
+    """The state_dict inside a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}``, ...)."""
+    for key in _WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _rename(key: str, wanted: set[str]) -> str:
+    changed = True
+    while key not in wanted and changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    if key not in wanted:
+        m = _DENSENET_LEGACY.match(key)
+        if m:
+            key = m.group(1) + m.group(2)
+    return key
+
+
+def remap_state_dict(state: dict, wanted: set[str]) -> dict:
+    """``state`` with published key layouts renamed to the model's (``wanted``): wrapper prefixes stripped
+    (``module.`` from DataParallel, ``_orig_mod.`` from torch.compile) and DenseNet's legacy ``norm.1`` /
+    ``conv.2`` keys joined (``norm1``, ``conv2``) as torchvision's own loader does. Keys the model already
+    has are never renamed."""
+    out: dict = OrderedDict((_rename(k, wanted), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # per-module versions (BatchNorm reads them), under the renamed prefixes
+        renamed = OrderedDict((_rename(k, wanted) if k else k, v) for k, v in metadata.items())
+        out._metadata = renamed  # type: ignore[attr-defined]
+    return out
+
+
+def _misfit(wanted: dict, state: dict, shown: int = 3) -> str:
+    """One line describing how ``state`` differs from ``wanted`` (empty when it fits)."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+    missing = [k for k in wanted if k not in state]
+    unexpected = [k for k in state if k not in wanted]
+    shapes = [f"{k} {list(state[k].shape)} in the file, {list(wanted[k].shape)} in the model" for k in state
+              if k in wanted and isinstance(state[k], torch.Tensor) and state[k].shape != wanted[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) ({names(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es) ({names(shapes)})")
+    return "; ".join(parts)
 
 
 def _randomise_batchnorm(model: nn.Module, seed: int) -> None:

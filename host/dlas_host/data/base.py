@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import recipe
 from .cifar import load_cifar10
 from .digits import load_digits
 from .imagenet import load_imagenet
@@ -41,18 +42,22 @@ def resolve_dir(name: str, data_dir: str | Path | None = None) -> Path:
 
 
 def load(name: str, split: str = "train", data_dir: str | Path | None = None, *, augment: bool | None = None,
-         limit: int | None = None) -> Dataset:
-    """Dataset ``name``/``split`` with standard preprocessing (augmentation on train unless ``augment=False``)."""
-    ds = info(name)
+         limit: int | None = None, preprocessing: dict | None = None) -> Dataset:
+    """Dataset ``name``/``split`` (augmented on train unless ``augment=False``).
+
+    ``preprocessing`` is a model's stored recipe (``info.preprocessing`` keys: image_size, mean, std and for
+    ImageNet resize, crop, interpolation); it overrides the dataset's default key by key."""
+    info(name)  # an unknown dataset is named before the split
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    prep = recipe.resolve(name, preprocessing)
     augment = (split == "train") if augment is None else augment
     if name == "digits":
-        out: Dataset = load_digits(split, ds)
+        out: Dataset = load_digits(split, prep)
     elif name == "cifar10":
-        out = load_cifar10(resolve_dir(name, data_dir), split, ds, augment)
+        out = load_cifar10(resolve_dir(name, data_dir), split, prep, augment)
     else:
-        out = load_imagenet(resolve_dir(name, data_dir), split, ds, augment)
+        out = load_imagenet(resolve_dir(name, data_dir), split, prep, augment)
     if limit is not None and limit < len(out):  # type: ignore[arg-type]
         out = torch.utils.data.Subset(out, range(limit))
     return out
@@ -60,10 +65,10 @@ def load(name: str, split: str = "train", data_dir: str | Path | None = None, *,
 
 def loaders(name: str, batch_size: int = 128, data_dir: str | Path | None = None, *, workers: int = 0,
             train_limit: int | None = None, test_limit: int | None = None, augment: bool = True,
-            seed: int = 0) -> tuple[DataLoader, DataLoader]:
+            seed: int = 0, preprocessing: dict | None = None) -> tuple[DataLoader, DataLoader]:
     """(train loader shuffled with a seeded generator, test loader in order)."""
-    train = load(name, "train", data_dir, augment=augment, limit=train_limit)
-    test = load(name, "test", data_dir, limit=test_limit)
+    train = load(name, "train", data_dir, augment=augment, limit=train_limit, preprocessing=preprocessing)
+    test = load(name, "test", data_dir, limit=test_limit, preprocessing=preprocessing)
     gen = torch.Generator().manual_seed(seed)
     return (DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, generator=gen),
             DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers))

@@ -10,7 +10,8 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import Dataset
 
-from .info import DatasetError, DatasetInfo
+from .info import DatasetError
+from .recipe import Recipe
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -57,15 +58,15 @@ class TensorImages(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def cifar_transform(ds: DatasetInfo, augment: bool) -> T.Transform:
+def cifar_transform(recipe: Recipe, augment: bool) -> T.Transform:
     steps: list[T.Transform] = []
     if augment:
         steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(ds.mean, ds.std)]
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(recipe.mean, recipe.std)]
     return T.Compose(steps)
 
 
-def load_cifar10(root: Path, split: str, ds: DatasetInfo, augment: bool) -> Dataset:
+def load_cifar10(root: Path, split: str, recipe: Recipe, augment: bool) -> Dataset:
     if not root.is_dir():
         raise DatasetError(f"CIFAR-10 directory {root} does not exist (expected data_batch_1..5, test_batch)")
     files = TRAIN_FILES if split == "train" else TEST_FILES
@@ -75,4 +76,4 @@ def load_cifar10(root: Path, split: str, ds: DatasetInfo, augment: bool) -> Data
     parts = [_read_batch(root / f) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-    return TensorImages(images, labels, cifar_transform(ds, augment))
+    return TensorImages(images, labels, cifar_transform(recipe, augment))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .info import DatasetInfo
+from .recipe import Recipe
 
 TEST_FRACTION = 0.2
 
@@ -25,13 +25,13 @@ def _tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def load_digits(split: str, ds: DatasetInfo) -> Dataset:
+def load_digits(split: str, recipe: Recipe) -> Dataset:
     """Deterministic split: a seeded permutation, last 20 % is the test split. No augmentation (digits are
     not flip-invariant and the images are already centred)."""
     x, y = _tensors()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
     n_test = int(len(y) * TEST_FRACTION)
     idx = perm[n_test:] if split == "train" else perm[:n_test]
-    mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
-    std = torch.tensor(ds.std).view(1, 3, 1, 1)
+    mean = torch.tensor(recipe.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std).view(1, 3, 1, 1)
     return TensorDataset((x[idx] - mean) / std, y[idx])

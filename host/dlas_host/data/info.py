@@ -43,3 +43,12 @@ def info(name: str) -> DatasetInfo:
 def model_dataset(name: str) -> str:
     """The zoo dataset name to build models for ``name`` with (digits uses the CIFAR-10 form)."""
     return info(name).model_form
+
+
+def preprocessing(name: str) -> dict:
+    """The evaluation preprocessing of ``name``, stored with every model trained or imported on it."""
+    ds = info(name)
+    out = {"image_size": ds.image_size, "mean": list(ds.mean), "std": list(ds.std)}
+    if name == "imagenet":
+        out.update(resize=256, crop=ds.image_size, interpolation="bilinear")
+    return out

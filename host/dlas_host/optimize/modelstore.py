@@ -269,11 +269,15 @@ def save(model: nn.Module, meta: dict) -> StoredModel:
 
 
 def load(model_id: str) -> StoredModel:
-    """Entry by id or unique id prefix."""
+    """Entry by id, unique id prefix, or name (the newest entry of that name)."""
     matches = [p for p in root().iterdir() if p.is_dir() and not p.name.startswith(".")
                and p.name.startswith(model_id)] if model_id else []
+    if not matches and model_id:
+        named = [m for m in list_models() if m.get("name") == model_id]
+        if named:
+            matches = [root() / named[-1]["id"]]
     if len(matches) != 1:
-        raise ModelStoreError(f"no stored model {model_id!r}" if not matches
+        raise ModelStoreError(f"no stored model {model_id!r} (see `dlas-host models list`)" if not matches
                               else f"model id prefix {model_id!r} is ambiguous")
     path = matches[0]
     try:

@@ -25,6 +25,7 @@ class OptimizeRequest:
     prune: PruneSpec | None = None
     quantize: QuantSpec | None = None
     checkpoint: Path | None = None
+    base: str | None = None  # a stored model (id or name, e.g. from `dlas-host train`) to start from
     data_dir: Path | None = None
     train_epochs: int = 0  # train the base model first (no pretrained weights can be downloaded here)
     finetune_epochs: int = 0
@@ -48,13 +49,24 @@ def _acc(top1: float, top5: float, samples: int, dataset: str, engine: str) -> d
 def run(req: OptimizeRequest) -> dict:
     """Run the pipeline; see the module docstring. ``result["accuracy"]`` is the final model's accuracy."""
     torch.manual_seed(req.seed)
-    model = zoo.create(req.model, data.model_dataset(req.dataset), checkpoint=req.checkpoint, seed=req.seed)
+    if req.base:
+        entry = modelstore.load(req.base)
+        if (entry.meta.get("base_model"), entry.meta.get("dataset")) != (req.model, req.dataset):
+            raise modelstore.ModelStoreError(
+                f"stored model {entry.id} is {entry.meta.get('base_model')}/{entry.meta.get('dataset')}, "
+                f"not {req.model}/{req.dataset}")
+        if entry.meta.get("prune") or entry.meta.get("quantize"):
+            raise modelstore.ModelStoreError(f"stored model {entry.id} is already optimized; start from its base")
+        model = entry.load_model()
+    else:
+        model = zoo.create(req.model, data.model_dataset(req.dataset), checkpoint=req.checkpoint, seed=req.seed)
     if data.info(req.dataset).num_classes != zoo.dataset(data.model_dataset(req.dataset)).num_classes:
         raise ValueError(f"dataset {req.dataset} does not match the class count of the model form")
     train_loader, test_loader = data.loaders(req.dataset, req.batch_size, req.data_dir, test_limit=req.eval_samples,
                                              train_limit=req.train_limit, seed=req.seed)
     history: dict[str, list] = {}
-    cfg = dict(max_steps_per_epoch=req.max_steps_per_epoch, progress=req.progress, device="cpu")
+    # training and fine-tuning run on the host's GPU when torch sees one (train.default_device)
+    cfg = dict(max_steps_per_epoch=req.max_steps_per_epoch, progress=req.progress)
     if req.train_epochs:
         history["train"] = train.train(model, train_loader, train.TrainConfig(epochs=req.train_epochs, lr=req.lr,
                                                                               **cfg))
@@ -100,7 +112,7 @@ def run(req: OptimizeRequest) -> dict:
     result["history"] = history
     if req.store:
         meta = {"base_model": req.model, "dataset": req.dataset,
-                "checkpoint": str(req.checkpoint) if req.checkpoint else None,
+                "checkpoint": str(req.checkpoint) if req.checkpoint else None, "base_id": entry.id if req.base else None,
                 "prune": req.prune.as_dict() if req.prune else None,
                 "quantize": req.quantize.as_dict() if req.quantize else None,
                 "calibration": calibration.as_dict() if calibration else None,
