@@ -3,13 +3,18 @@
 Messages travel as JSON strings through the agent's registered TVM RPC functions (``dlas.*``). Large data
 (libraries, input and output tensors) travels as files through the RPC session's upload/download.
 Plain dataclasses keep the agent free of heavy dependencies.
+
+Compatibility: requests are strict (an agent refuses keys it does not know). Replies (results, stats,
+device info) ignore keys they do not know, so a newer agent's extra fields reach an older host harmlessly;
+hosts released before that rule was added are strict too, so fields added since then travel inside the
+free-form ``env`` dict of a result (``BenchmarkResult.env[LOAD_ENV_KEY]``: the load during timing).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 PROTOCOL_VERSION = 2  # 2: authenticated sessions, artifact_mac on every library
 
@@ -18,6 +23,9 @@ FN_PING = "dlas.ping"
 FN_DEVICE_INFO = "dlas.device_info"
 FN_BENCHMARK = "dlas.benchmark"
 FN_TIME_KERNEL = "dlas.time_kernel"  # one tuning candidate (a single PrimFunc library)
+
+# Key of BenchmarkResult.env holding the TimingLoad measured around the timed loop (absent: an older agent).
+LOAD_ENV_KEY = "timing_load"
 
 T = TypeVar("T", bound="Message")
 
@@ -28,6 +36,8 @@ class ProtocolError(ValueError):
 
 @dataclass
 class Message:
+    lenient: ClassVar[bool] = False  # replies: ignore unknown keys (a newer peer's fields) instead of refusing
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -35,9 +45,12 @@ class Message:
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
-        if unknown:
+        if unknown and not cls.lenient:
             raise ProtocolError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # a required key is missing
+            raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
@@ -75,6 +88,8 @@ class BenchmarkRequest(Message):
 class TimingStats(Message):
     """Robust statistics of timing samples (milliseconds), pyperf-style warnings included."""
 
+    lenient: ClassVar[bool] = True
+
     n: int
     median_ms: float
     mean_ms: float
@@ -90,7 +105,26 @@ class TimingStats(Message):
 
 
 @dataclass
+class TimingLoad(Message):
+    """What the whole machine did while the timed loop ran (``load.LoadMeter``): average cores busy, of
+    which the timing process's own, the rest (other processes and the kernel) as ``competing_cores``."""
+
+    lenient: ClassVar[bool] = True
+
+    wall_s: float = 0.0  # length of the window
+    cores: int = 0  # logical cores of the machine
+    busy_cores: float = 0.0  # machine-wide busy CPU time / wall time
+    own_cores: float = 0.0  # the timing process (its threads and waited-for children)
+    competing_cores: float = 0.0  # busy - own: what everything else used
+    steal_cores: float = 0.0  # taken by the hypervisor (a VM's noisy neighbours)
+    top: list[dict[str, Any]] = field(default_factory=list)  # [{"pid", "name", "cores"}], biggest first
+    load_avg_1m: float = 0.0
+
+
+@dataclass
 class BenchmarkResult(Message):
+    lenient: ClassVar[bool] = True
+
     ok: bool
     stats: TimingStats | None = None
     error: str = ""
@@ -108,9 +142,21 @@ class BenchmarkResult(Message):
             data["stats"] = TimingStats.from_dict(data["stats"])
         return super().from_dict(data)
 
+    def timing_load(self) -> TimingLoad | None:
+        """The load measured around the timed loop; None from an agent that does not measure it."""
+        raw = self.env.get(LOAD_ENV_KEY) if isinstance(self.env, dict) else None
+        if not isinstance(raw, dict):
+            return None
+        try:
+            return TimingLoad.from_dict(raw)
+        except ProtocolError:
+            return None
+
 
 @dataclass
 class DeviceInfo(Message):
+    lenient: ClassVar[bool] = True
+
     hostname: str = ""
     arch: str = ""
     os: str = ""
@@ -159,6 +205,8 @@ class KernelTimingRequest(Message):
 
 @dataclass
 class KernelTimingResult(Message):
+    lenient: ClassVar[bool] = True
+
     ok: bool
     run_secs: list[float] = field(default_factory=list)
     error: str = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import devinfo
-from .protocol import BenchmarkRequest, BenchmarkResult, KernelTimingRequest, KernelTimingResult
-from .stats import summarize
+from .load import LoadMeter
+from .protocol import LOAD_ENV_KEY, BenchmarkRequest, BenchmarkResult, KernelTimingRequest, KernelTimingResult
+from .stats import load_warnings, summarize
 
 
 class ArtifactRejected(RuntimeError):
@@ -124,19 +126,25 @@ def run_benchmark(request: BenchmarkRequest, work_dir: Path) -> BenchmarkResult:
         "invoke_stateful", dev, number=request.number, repeat=request.repeat,
         min_repeat_ms=request.min_repeat_ms, cooldown_interval_ms=request.cooldown_ms,
     )
-    samples_ms = [1e3 * s for s in timer(request.entry).results]
+    with LoadMeter() as meter:  # what else ran on the machine meanwhile
+        samples_ms = [1e3 * s for s in timer(request.entry).results]
 
     out_name = ""
     if request.outputs:
         out_path = resolve(work_dir, request.outputs)
         np.savez(out_path, **{f"out{i}": o for i, o in enumerate(outputs)})
         out_name = out_path.name
+    stats = summarize(samples_ms)
+    stats.warnings += load_warnings(meter.result)  # in the stats, so hosts of any version store it
+    env = devinfo.snapshot()
+    if meter.result is not None:
+        env[LOAD_ENV_KEY] = json.loads(meter.result.to_json())
     return BenchmarkResult(
         ok=True,
-        stats=summarize(samples_ms),
+        stats=stats,
         load_s=load_s,
         first_run_ms=first_run_ms,
         outputs=out_name,
         output_shapes=[list(o.shape) for o in outputs],
-        env=devinfo.snapshot(),
+        env=env,
     )

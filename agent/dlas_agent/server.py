@@ -2,16 +2,21 @@
 
 TVM's RPC server forks one process per session and serves it from a fresh temporary work dir; the
 functions registered here before the fork are visible in every session. Uploads land in that work dir.
+A session worker never outlives its session: see ``_serving``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import multiprocessing
 import os
+import select
+import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -80,41 +85,128 @@ def _lock_down_session() -> None:
         tvm_ffi.register_global_func(name, refused, override=True)
 
 
-def _session_main(sock, work_path, secret: bytes, nonce: bytes) -> None:  # noqa: ANN001 - TVM objects
+def _die_with_parent(parent_pid: int) -> None:
+    """In a session worker: SIGKILL when the agent server dies (Linux PR_SET_PDEATHSIG). A benchmark loop in
+    C++ never returns to Python, so only a signal that cannot be handled stops it."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the server still kills sessions it ends
+        pass
+    if os.getppid() != parent_pid:  # the server died before prctl took effect
+        os._exit(1)
+
+
+def _session_main(sock, work_path, secret: bytes, nonce: bytes, parent_pid: int) -> None:  # noqa: ANN001
     from tvm.rpc import _ffi_api, server as rpc_server  # noqa: PLC0415
 
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # its own process group: the server kills the session with all it started
+    _die_with_parent(parent_pid)
     rpc_server._server_env(None, work_path)  # noqa: SLF001 - TVM's session environment (work dir, upload)
     _lock_down_session()
     auth.SESSION.secret, auth.SESSION.nonce = secret, nonce
     _ffi_api.ServerLoop(sock.fileno())
 
 
+# The peer closed its side (FIN), reset the connection, or keepalive found it gone. Linux reports a FIN as
+# POLLRDHUP without POLLIN semantics, so the server can watch a socket the session worker is reading.
+_HANGUP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 6}  # a vanished host: found in ~90 s
+
+
+def _keepalive(conn) -> None:  # noqa: ANN001
+    """TCP keepalive on a session's connection: a host that vanished without closing (power, network) turns
+    into an error on the socket while the session worker is busy timing and not reading."""
+    import socket  # noqa: PLC0415
+
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in KEEPALIVE.items():
+            if hasattr(socket, name):
+                conn.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def watch_session(proc: multiprocessing.Process, conn, timeout_s: float | None) -> str:  # noqa: ANN001
+    """Wait for the session worker while watching its connection (without reading it).
+
+    Returns "ended" (the worker exited), "hangup" (the client went away: killed host, closed tunnel,
+    dead network) or "timeout" (the session outlived ``timeout_s``).
+    """
+    poller = select.poll()
+    poller.register(proc.sentinel, select.POLLIN)
+    poller.register(conn.fileno(), _HANGUP)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait_ms = None if deadline is None else max(0, int(1000 * (deadline - time.monotonic())))
+        events = dict(poller.poll(wait_ms))
+        if proc.sentinel in events:
+            return "ended"
+        if events.get(conn.fileno(), 0) & _HANGUP:
+            proc.join(0.2)  # a client that closed after its last call: let the worker finish on its own
+            return "ended" if not proc.is_alive() else "hangup"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+
+
+def kill_session(proc: multiprocessing.Process) -> None:
+    """SIGKILL a live session worker, its process group and every descendant (found before the kill: once the
+    worker dies they are re-parented and no longer its children)."""
+    import psutil  # noqa: PLC0415
+
+    if proc.pid is None or proc.exitcode is not None:  # reaped already: its pid may be anyone's by now
+        return
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker's own group: it and all it started
+    with contextlib.suppress(OSError):
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet, so still ours even if setpgid failed
+    for victim in descendants:  # any that left the group
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
+    proc.join(10)
+
+
 def _serving(conn, addr, opts: dict, secret: bytes, nonce: bytes) -> None:  # noqa: ANN001
     """One authenticated session in a forked process with its own work dir (TVM's ``_serving``, plus the
-    session's secret and nonce, and the lock-down)."""
+    session's secret and nonce, and the lock-down).
+
+    The worker runs in its own process group and dies with the server; the server watches the connection
+    and kills the whole group when the client goes away or the session times out, so a host killed in the
+    middle of a benchmark leaves nothing running here.
+    """
     from tvm.rpc import _ffi_api  # noqa: PLC0415
     from tvm.support import utils  # noqa: PLC0415
 
     work_path = utils.tempdir()
     old_cwd = os.getcwd()
     os.chdir(work_path.path)
+    proc = None
     try:
-        proc = multiprocessing.Process(target=_session_main, args=(conn, work_path, secret, nonce))
+        _keepalive(conn)
+        proc = multiprocessing.Process(target=_session_main, args=(conn, work_path, secret, nonce, os.getpid()))
         proc.start()
-        proc.join(opts.get("timeout"))
-        if proc.is_alive():
+        with contextlib.suppress(OSError):
+            os.setpgid(proc.pid, proc.pid)  # from this side too: no window where a kill misses the group
+        why = watch_session(proc, conn, opts.get("timeout"))
+        if why == "timeout":
             log.warning("session from %s timed out after %ss: killing it", addr, opts.get("timeout"))
-            _ffi_api.ReturnException(conn.fileno(), f"RPCSessionTimeoutError: Your {opts['timeout']}s session has "
-                                     "expired, try to increase the \"session_timeout\" value.")
-            import psutil  # noqa: PLC0415
-
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.terminate()
-            proc.terminate()
-            proc.join(5)
+            kill_session(proc)  # first, so nothing else writes to the connection
+            with contextlib.suppress(Exception):
+                _ffi_api.ReturnException(conn.fileno(), f"RPCSessionTimeoutError: Your {opts['timeout']}s session "
+                                         "has expired, try to increase the \"session_timeout\" value.")
+        elif why == "hangup":
+            print(f"dlas-agent: the client {addr[0]}:{addr[1]} went away: killing session worker {proc.pid}",
+                  file=sys.stderr, flush=True)
         elif proc.exitcode:
             log.warning("session worker %s exited with %s", proc.pid, proc.exitcode)
     finally:
+        if proc is not None and proc.pid is not None:
+            kill_session(proc)  # still running: the client went away, or the server itself failed
         os.chdir(old_cwd)
         work_path.remove()
         conn.close()

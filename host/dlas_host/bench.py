@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dlas_agent.stats import summarize
+from dlas_agent.load import LoadMeter
+from dlas_agent.protocol import LOAD_ENV_KEY, TimingLoad
+from dlas_agent.stats import load_warnings, summarize
 
 from . import __version__
 from .cache import ArtifactCache
@@ -28,6 +30,7 @@ from .engines import ENGINES
 from .store import ResultRow, ResultStore
 from .toolchain import ToolchainError
 from .fleet.health import job_session
+from .fleet.locks import cpu_use, device_lock, lock_wait_s
 from .transport import AgentError, Timeouts
 
 Progress = Callable[[str], None]
@@ -93,12 +96,21 @@ def _pruning_label(spec: BuildSpec) -> str:
 
 
 def reference_outputs(spec: BuildSpec) -> list[np.ndarray]:
+    """The torch model's outputs on the example inputs; it uses this machine's CPU, so it waits for (and
+    holds off) a timing on this machine (``cpu_use``)."""
     import torch  # noqa: PLC0415
 
-    model = build_torch_model(spec)
-    with torch.inference_mode():
-        out = model(*[torch.from_numpy(a) for a in example_inputs(spec)])
+    with cpu_use(f"torch reference {spec.model}/{spec.dataset}"):
+        model = build_torch_model(spec)
+        with torch.inference_mode():
+            out = model(*[torch.from_numpy(a) for a in example_inputs(spec)])
     return [out.numpy()]
+
+
+def record_load(row: ResultRow, load: TimingLoad | None) -> None:
+    """The load seen during timing goes on the row (``extra["load"]``); its warnings come with the stats."""
+    if load is not None:
+        row.extra["load"] = json.loads(load.to_json())
 
 
 def max_abs_err(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float:
@@ -125,16 +137,19 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         row.warnings += [f"schedule: {w}" for w in artifact.meta.get("schedule_warnings", [])]
         progress(f"running on {device.name} ({'cached' if artifact.cached else 'new'} artifact, "
                  f"{artifact.size / 2**20:.1f} MiB)")
-        with job_session(device, timeouts) as client:  # device lock + health check + agent session
+        # The device's machine-wide lock (all names and data dirs of this device), then the session's own
+        with device_lock(device, lock_wait_s(), purpose=f"timing {spec.model}/{spec.dataset}"), \
+                job_session(device, timeouts) as client:  # name lock + health check + agent session
             row.device_env = json.loads(client.device_info().to_json())
             result, outputs = client.benchmark(artifact.path, artifact.sha256, example_inputs(spec),
                                                number=opts.number, repeat=opts.repeat, warmup=opts.warmup,
                                                num_threads=device.threads)
         if not result.ok or result.stats is None:
             raise AgentError(f"{device.name}: {result.error}")
-        row.set_stats(result.stats)
+        row.set_stats(result.stats)  # an agent that measured the load put its warning among the stats'
+        record_load(row, result.timing_load())  # None from an older agent: no load on the row
         row.load_s = result.load_s
-        row.device_env["after_run"] = result.env
+        row.device_env["after_run"] = {k: v for k, v in result.env.items() if k != LOAD_ENV_KEY}
         if opts.check:
             progress("checking outputs against torch")
             row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
@@ -165,13 +180,21 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
     else:
         progress(f"timing {engine} in a fresh process")
         try:
-            samples, outputs = run_engine_process(engine, spec, device.threads, opts, device=device.runtime_device)
-            row.set_stats(summarize(samples))
+            # the baseline is a timing on this machine: it holds the machine exclusively, and the meter
+            # (this process + the engine's, which it waits for) sees what else ran during the run
+            with device_lock(device, lock_wait_s(), purpose=f"timing {engine} {spec.model}/{spec.dataset}"), \
+                    LoadMeter() as meter:
+                samples, outputs = run_engine_process(engine, spec, device.threads, opts,
+                                                      device=device.runtime_device)
+            stats = summarize(samples)
+            stats.warnings += load_warnings(meter.result)
+            row.set_stats(stats)
+            record_load(row, meter.result)
             if opts.check:
                 row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
         except EngineSkipped as exc:
             row.status, row.error = "skipped", str(exc)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError) as exc:  # DeviceBusy is an AgentError, a RuntimeError
             row.status, row.error = "error", str(exc)
     store.add(row)
     return row
