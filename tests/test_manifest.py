@@ -70,6 +70,9 @@ def assert_manifest_tells_the_truth(mod, lowered, quant: str, policy: LoweringPo
     assert sum(l.is_conv for l in layers) == n_conv and sum(not l.is_conv for l in layers) == n_dense
     labels = mf.labels(layers, policy.layout)
     assert labels["quantization"] == quant
+    assert 0.0 <= labels["sparsity"] <= 1.0  # the zeros as stored, not the request
+    if policy.sparsity == 0.0:
+        assert labels["sparsity"] < 0.05
     for l in layers:
         func = lowered.mod[l.function]  # the function the manifest names exists and holds that kernel
         if l.format != "dense":

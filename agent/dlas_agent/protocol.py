@@ -23,6 +23,7 @@ FN_PING = "dlas.ping"
 FN_DEVICE_INFO = "dlas.device_info"
 FN_BENCHMARK = "dlas.benchmark"
 FN_TIME_KERNEL = "dlas.time_kernel"  # one tuning candidate (a single PrimFunc library)
+FN_EVALUATE = "dlas.evaluate"  # accuracy: the timed artifact over a chunk of evaluation images
 
 # Key of BenchmarkResult.env holding the TimingLoad measured around the timed loop (absent: an older agent).
 LOAD_ENV_KEY = "timing_load"
@@ -211,3 +212,33 @@ class KernelTimingResult(Message):
     run_secs: list[float] = field(default_factory=list)
     error: str = ""
     protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class EvalRequest(Message):
+    """Run ``entry`` of an uploaded library over a chunk of images; save the top-k class indices per image."""
+
+    artifact: str
+    sha256: str
+    images: str  # .npy (N, C, H, W) inside the work dir, N a multiple of ``batch``; deleted when done
+    outputs: str  # .npy the agent writes: (N, k) int32 class indices, best first
+    batch: int = 1  # the artifact's batch size
+    k: int = 5
+    device: str = "cpu"
+    device_id: int = 0
+    entry: str = "main"
+    num_threads: int = 0
+    artifact_mac: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class EvalResult(Message):
+    lenient: ClassVar[bool] = True
+
+    ok: bool
+    error: str = ""
+    images: int = 0
+    compute_s: float = 0.0  # inside the model calls (device synchronised)
+    transfer_s: float = 0.0  # host<->device copies of the images and logits
+    outputs: str = ""

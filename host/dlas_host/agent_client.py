@@ -24,8 +24,9 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from dlas_agent import auth
-from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_PING, FN_TIME_KERNEL, BenchmarkRequest,
-                                 BenchmarkResult, DeviceInfo, KernelTimingRequest, KernelTimingResult)
+from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_EVALUATE, FN_PING, FN_TIME_KERNEL,
+                                 BenchmarkRequest, BenchmarkResult, DeviceInfo, EvalRequest, EvalResult,
+                                 KernelTimingRequest, KernelTimingResult)
 
 from . import paths
 from .devices import Device
@@ -93,6 +94,19 @@ class AgentClient:
     def _call(self, fn_name: str, *args: Any, timeout: float) -> Any:
         return call_with_deadline(lambda: self.session.get_function(fn_name)(*args), timeout,
                                   f"{self.device.name}: {fn_name}")
+
+    def evaluate(self, request: EvalRequest, timeout_s: float | None = None) -> EvalResult:
+        """One chunk of an accuracy run (``dlas_host.evaluate.evaluate_on_device`` drives the chunks)."""
+        try:
+            text = self._call(FN_EVALUATE, request.to_json(), timeout=timeout_s or self.timeouts.run_s)
+        except AgentError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an agent from before dlas.evaluate existed
+            if "evaluate" in str(exc) and ("not found" in str(exc).lower() or "no such" in str(exc).lower()):
+                raise AgentError(f"{self.device.name}: the agent cannot evaluate accuracy (older than "
+                                 "dlas.evaluate): redeploy it with `dlas-host deploy`") from None
+            raise
+        return EvalResult.from_json(text)
 
     def ping(self) -> dict[str, Any]:
         return json.loads(self._call(FN_PING, timeout=self.timeouts.info_s))

@@ -24,9 +24,12 @@ from dlas_agent.stats import load_warnings, summarize
 from . import __version__
 from .cache import ArtifactCache
 from .compile import (BuildSpec, CapabilityMissing, CompileError, artifact_manifest, build_torch_model,
-                      compile_artifact, example_inputs)
+                      compile_artifact, example_inputs, with_stored_quantization)
+from .data import DatasetError
 from .devices import Device
+from .errors import DlasError
 from .engines import ENGINES
+from .evaluate import DeviceAccuracy, EvalSet, EvaluationError, eval_set, evaluate_on_device
 from .store import ResultRow, ResultStore
 from .toolchain import ToolchainError
 from .fleet.health import job_session
@@ -43,6 +46,7 @@ class RunOptions:
     warmup: int = 2
     check: bool = True  # compare outputs with the torch reference
     force_compile: bool = False
+    eval_images: int | None = None  # accuracy on the device over this many test images (0: all; None: none)
 
 
 def host_env() -> dict[str, Any]:
@@ -125,6 +129,13 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
               progress: Progress = lambda _msg: None, cache: ArtifactCache | None = None,
               timeouts: Timeouts | None = None, sweep_id: str = "", job_key: str = "") -> ResultRow:
     opts = opts or RunOptions()
+    try:
+        spec = with_stored_quantization(spec)
+    except DlasError as exc:  # an unknown or unreadable stored model: the row says why
+        row = base_row(spec, device, "tvm")
+        row.status, row.error, row.sweep_id, row.job_key = "error", str(exc), sweep_id, job_key
+        store.add(row)
+        return row
     row = base_row(spec, device, "tvm")
     row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
     try:
@@ -137,6 +148,7 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         row.warnings += [f"schedule: {w}" for w in artifact.meta.get("schedule_warnings", [])]
         progress(f"running on {device.name} ({'cached' if artifact.cached else 'new'} artifact, "
                  f"{artifact.size / 2**20:.1f} MiB)")
+        evals = eval_set_for(spec, opts.eval_images) if opts.eval_images is not None else None
         # The device's machine-wide lock (all names and data dirs of this device), then the session's own
         with device_lock(device, lock_wait_s(), purpose=f"timing {spec.model}/{spec.dataset}"), \
                 job_session(device, timeouts) as client:  # name lock + health check + agent session
@@ -144,18 +156,24 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
             result, outputs = client.benchmark(artifact.path, artifact.sha256, example_inputs(spec),
                                                number=opts.number, repeat=opts.repeat, warmup=opts.warmup,
                                                num_threads=device.threads)
+            if evals is not None and result.ok:
+                progress(f"evaluating accuracy on {device.name} over {len(evals)} images")
+                accuracy = evaluate_on_device(client, artifact.path, artifact.sha256, evals, spec.batch,
+                                              num_threads=device.threads)
         if not result.ok or result.stats is None:
             raise AgentError(f"{device.name}: {result.error}")
         row.set_stats(result.stats)  # an agent that measured the load put its warning among the stats'
         record_load(row, result.timing_load())  # None from an older agent: no load on the row
         row.load_s = result.load_s
         row.device_env["after_run"] = {k: v for k, v in result.env.items() if k != LOAD_ENV_KEY}
+        if evals is not None:
+            record_accuracy(row, accuracy, spec.batch)
         if opts.check:
             progress("checking outputs against torch")
             row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
     except CapabilityMissing as exc:
         row.status, row.error = "skipped", str(exc)
-    except (CompileError, ToolchainError, AgentError, OSError, ValueError) as exc:
+    except (CompileError, ToolchainError, AgentError, OSError, ValueError, EvaluationError, DatasetError) as exc:
         row.status, row.error = "error", str(exc)
         # Device and transport failures may pass (retry them); build failures will not.
         row.extra.update(error_kind=type(exc).__name__, transient=isinstance(exc, (AgentError, OSError)))
@@ -163,10 +181,40 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
     return row
 
 
+def eval_set_for(spec: BuildSpec, n: int) -> EvalSet:
+    """The evaluation images of ``spec``'s dataset, preprocessed with its stored model's recipe if any."""
+    prep = None
+    if spec.optimized_model:
+        from .optimize import modelstore  # noqa: PLC0415
+
+        prep = modelstore.load(spec.optimized_model).meta.get("preprocessing")
+    return eval_set(spec.dataset, n, preprocessing=prep)
+
+
+def record_accuracy(row: ResultRow, acc: DeviceAccuracy, batch: int) -> None:
+    """Top-1/top-5 of the timed artifact on the device, with the evidence needed to trust and compare them."""
+    row.top1, row.top5 = acc.top1, acc.top5
+    row.eval_images, row.eval_fingerprint = acc.images, acc.fingerprint
+    record = acc.record()
+    if row.median_ms and acc.compute_s > 0:
+        # how fast evaluation ran against what the timed batch latency predicts (1.0: no harness overhead)
+        predicted_s = acc.images / batch * row.median_ms / 1e3
+        record["vs_timed_latency"] = round(predicted_s / acc.compute_s, 4)
+        record["vs_timed_latency_end_to_end"] = round(predicted_s / acc.wall_s, 4) if acc.wall_s else None
+    row.extra["eval"] = record
+    if acc.images:  # per image, timed on the agent: what host<->device copies cost next to the model
+        row.extra["compute_ms"] = round(1e3 * acc.compute_s / acc.images, 6)
+        row.extra["transfer_ms"] = round(1e3 * acc.transfer_s / acc.images, 6)
+
+
 def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStore, opts: RunOptions | None = None,
                  progress: Progress = lambda _msg: None, sweep_id: str = "", job_key: str = "") -> ResultRow:
     """Time a framework baseline in a fresh process (local device only: frameworks don't ship to agents)."""
     opts = opts or RunOptions()
+    try:
+        spec = with_stored_quantization(spec)
+    except DlasError:
+        pass  # the engine reports the unknown model itself
     row = base_row(spec, device, engine)
     row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
     if engine not in ENGINES:

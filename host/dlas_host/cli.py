@@ -190,6 +190,8 @@ def bench_cmd(
                                         "unstructured:global:l1:0.9 (others: `dlas-host optimize`, then --model-id)"),
     number: int = typer.Option(3, min=1, help="runs per timing sample"),
     repeat: int = typer.Option(10, min=1, help="timing samples"),
+    eval_images: Optional[int] = typer.Option(None, "--eval", min=0, help="also measure top-1/top-5 on the device "
+                                              "with the timed artifact over the first N test images (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
     devices_file: Optional[Path] = DevicesOpt,
     db: Optional[Path] = DbOpt,
@@ -207,7 +209,7 @@ def bench_cmd(
         spec = build_spec(model, dataset, batch, algorithm, layout, sparse_format, sparsity, quantize, tuning,
                           checkpoint, optimized_model, bsr_block=bsr_block)
         store = _store(db)
-        opts = RunOptions(number=number, repeat=repeat)
+        opts = RunOptions(number=number, repeat=repeat, eval_images=eval_images)
         with status(f"{system.value}: {model}/{dataset} on {device}", quiet=False) as progress:
             if system == System.tvm:
                 row = bench_tvm(spec, dev, store, opts, progress)
@@ -226,8 +228,9 @@ def bench_cmd(
 def _row_summary(row) -> dict:
     keys = ("status", "error", "device", "model", "dataset", "system", "algorithm", "layout", "sparse_format",
             "sparse_block", "sparsity", "quantization", "tuning", "built", "median_ms", "mad_ms", "iqr_ms", "p90_ms", "p99_ms", "n",
-            "max_abs_err", "warnings", "artifact_sha256", "run_id", "threads")
-    return {k: getattr(row, k) for k in keys}
+            "max_abs_err", "top1", "top5", "eval_images", "eval_fingerprint", "warnings", "artifact_sha256", "run_id",
+            "threads")
+    return {k: getattr(row, k) for k in keys} | {"eval": row.extra.get("eval")}
 
 
 def _fmt(value, spec: str = ".2f") -> str:

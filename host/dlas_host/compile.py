@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -118,13 +118,37 @@ def quantize_for_build(model: Any, mod: Any, spec: BuildSpec) -> Any:
     qspec = QuantSpec.parse(spec.quantize)
     calibration = None
     if qspec.dtype == "int8":
-        gen = torch.Generator().manual_seed(spec.seed + 1)
-        shape = zoo.input_shape(spec.dataset, spec.batch)
         n_batches = -(-spec.calib_samples // spec.batch)
-        batches = [torch.randn(*shape, generator=gen) for _ in range(n_batches)]
+        batches = calibration_images(spec, n_batches)
+        if batches is None:
+            gen = torch.Generator().manual_seed(spec.seed + 1)
+            shape = zoo.input_shape(spec.dataset, spec.batch)
+            batches = [torch.randn(*shape, generator=gen) for _ in range(n_batches)]
         calibration = calibrate(zoo.fold_batchnorm(model), batches, samples=n_batches * spec.batch,
                                 method=qspec.calib_method, seed=spec.seed)
     return quantize_relax(mod, qspec, calibration)
+
+
+def calibration_images(spec: BuildSpec, n_batches: int) -> list[Any] | None:
+    """Real training images for a stored model's int8 calibration (its accuracy is measured, so random inputs
+    would mis-scale it), preprocessed with its recipe; None for zoo models or when the data is not at hand."""
+    if not spec.optimized_model:
+        return None
+    import torch  # noqa: PLC0415
+
+    from . import data  # noqa: PLC0415
+    from .optimize import modelstore  # noqa: PLC0415
+
+    meta = modelstore.load(spec.optimized_model).meta
+    try:
+        train = data.load(meta.get("dataset", spec.dataset), "train", augment=False,
+                          preprocessing=meta.get("preprocessing"))
+    except data.DatasetError:
+        return None
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed + 1))  # type: ignore[arg-type]
+    picks = order[:n_batches * spec.batch].tolist()
+    images = torch.stack([train[i][0] for i in picks])
+    return [images[i:i + spec.batch] for i in range(0, len(images), spec.batch)]
 
 
 def example_inputs(spec: BuildSpec) -> list[np.ndarray]:
@@ -199,6 +223,16 @@ def stored_quantization(spec: BuildSpec) -> str | None:
     return {"fp16": "float16", "bf16": "bfloat16"}.get(q["dtype"], q["dtype"]) if q else None
 
 
+def with_stored_quantization(spec: BuildSpec) -> BuildSpec:
+    """``spec`` labelled with the quantization its stored model carries when none was asked: a stored int8
+    model builds as int8, and its row must say so (the manifest check holds the build to it)."""
+    if spec.optimized_model and spec.quantize in (None, "float32"):
+        stored = stored_quantization(spec)
+        if stored:
+            return replace(spec, quantize=stored)
+    return spec
+
+
 def quantize_if_asked(mod: Any, spec: BuildSpec, model: Any = None) -> Any:
     """Quantize ``mod`` for ``spec.quantize`` unless its stored model already is; a conflict is an error."""
     if not spec.quantize or spec.quantize == "float32":
@@ -264,6 +298,7 @@ def _lower_and_compile(mod: Any, spec: BuildSpec, device: Device, target: Any, q
 def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
                      force: bool = False) -> Artifact:
     cache = cache or ArtifactCache()
+    spec = with_stored_quantization(spec)
     key = build_key(spec, device)
     if not force:
         hit = cache.get(key)

@@ -60,8 +60,10 @@ class ResultRow:
     samples_ms: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     max_abs_err: float | None = None
-    top1: float | None = None
+    top1: float | None = None  # accuracy of the timed artifact on the device (bench --eval)
     top5: float | None = None
+    eval_images: int = 0  # how many test images top1/top5 are over
+    eval_fingerprint: str = ""  # which images: rows' accuracies compare only when these match
     # --- provenance ---
     # TVM rows: the layer labels above are computed from the build manifest (what each layer was built as);
     # `built` summarises it, `manifest` holds it whole, `extra["asked"]` keeps the labels as requested.

@@ -16,6 +16,9 @@ from typing import Callable
 import torch
 import torchvision
 from torch import nn
+
+from .data.info import DATASETS as DATA_DATASETS
+from .data.info import DatasetInfo
 from .errors import DlasError
 
 
@@ -23,19 +26,9 @@ class ZooError(DlasError, ValueError):
     """Unknown model or dataset, or a checkpoint that does not fit the model."""
 
 
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    image_size: int
-    num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-DATASETS: dict[str, Dataset] = {
-    "cifar10": Dataset("cifar10", 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": Dataset("imagenet", 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+# The dataset table is owned by the data layer (sizes, classes, normalisation, which model form each uses).
+Dataset = DatasetInfo
+DATASETS: dict[str, DatasetInfo] = DATA_DATASETS
 
 
 def _resnet_cifar(m: nn.Module) -> None:
@@ -109,7 +102,7 @@ def create(name: str, dataset_name: str, *, checkpoint: Path | str | None = None
     model_spec, ds = spec(name), dataset(dataset_name)
     torch.manual_seed(seed)
     model = model_spec.build(ds.num_classes)
-    if ds.name == "cifar10":
+    if ds.model_form == "cifar10":  # 32x32 inputs (CIFAR-10, digits): the CIFAR stem
         model_spec.cifar_adapt(model, ds.num_classes)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

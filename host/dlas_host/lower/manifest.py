@@ -169,6 +169,16 @@ def summary(layers: list[LayerBuild]) -> str:
     return "; ".join(parts) or "no conv/dense layers"
 
 
+def stored_sparsity(layers: list[LayerBuild]) -> float:
+    """Zeros among all conv/dense weights as stored (each layer's density weighted by its weight count)."""
+    total = zeros = 0.0
+    for l in layers:
+        count = float(np.prod([int(d) for d in l.shape.split(" * ")[-1].split("x")]))
+        total += count
+        zeros += count * (1.0 - l.density)
+    return round(zeros / total, 4) if total else 0.0
+
+
 def labels(layers: list[LayerBuild], layout: str) -> dict[str, Any]:
     """A result row's layer labels, computed from what was built (``layout``: the policy's, checked by ``check``)."""
     weights = sorted({l.dtype_weight for l in layers})
@@ -180,6 +190,7 @@ def labels(layers: list[LayerBuild], layout: str) -> dict[str, Any]:
         "layout": layout,
         "sparse_format": sparse[0].format if sparse else "dense",
         "sparse_block": sparse[0].block if sparse else "",
+        "sparsity": stored_sparsity(layers),
     }
 
 

@@ -1,0 +1,95 @@
+"""Accuracy next to latency: the artifact that was timed, evaluated on the device (issue #15 targets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dlas_host.evaluate import EvalSet, eval_set, score
+
+
+def test_chunks_fill_whole_batches_and_scoring_drops_the_padding():
+    images = np.arange(7 * 3 * 2 * 2, dtype=np.float32).reshape(7, 3, 2, 2)
+    evals = EvalSet("digits", images, np.arange(7), "fp")
+    pieces = list(evals.chunks(batch=3, max_bytes=2 * images[0].nbytes))  # 2 images per chunk -> one batch of 3
+    assert [start for start, _ in pieces] == [0, 3, 6]
+    assert all(len(part) == 3 for _, part in pieces)
+    assert np.array_equal(pieces[-1][1][1], images[6])  # padded with the last real image
+    topk = np.array([[0, 1], [9, 1], [2, 0], [3, 3], [1, 4], [5, 0], [0, 6]])
+    top1, top5, c1, c5 = score(topk, np.arange(7))
+    assert (c1, c5) == (4, 7) and top1 == pytest.approx(4 / 7) and top5 == 1.0
+
+
+def test_eval_set_is_fixed_and_fingerprinted():
+    a, b, c = eval_set("digits", 50), eval_set("digits", 50), eval_set("digits", 51)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert np.array_equal(a.images, c.images[:50]) and a.images.dtype == np.float32
+    assert len(eval_set("digits", 0)) == 359  # 0: the whole test split
+
+
+def _torch_hits(entry_id: str, evals: EvalSet) -> np.ndarray:
+    from dlas_host.optimize import modelstore
+
+    net = modelstore.load(entry_id).load_model().eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(evals.images)).numpy()
+    return logits
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """resnet18 trained on the digits stand-in by the real `dlas-host train` path (3 epochs, minutes)."""
+    from dlas_host.optimize.base_model import Recipe, train_base
+
+    entry = train_base(Recipe(model="resnet18", dataset="digits", epochs=3, batch_size=64, lr=0.05),
+                       name="acc-base", progress=False)
+    return entry
+
+
+def _bench(local_device, tmp_path, model_id: str, **policy):
+    from dlas_host.bench import RunOptions, bench_tvm
+    from dlas_host.compile import BuildSpec
+    from dlas_host.lower.policy import LoweringPolicy
+    from dlas_host.store import ResultStore
+
+    store = ResultStore(tmp_path / "r.sqlite")
+    spec = BuildSpec(model="resnet18", dataset="digits", optimized_model=model_id,
+                     policy=LoweringPolicy(**policy) if policy else LoweringPolicy())
+    row = bench_tvm(spec, local_device, store, RunOptions(number=1, repeat=5, warmup=1, eval_images=0))
+    assert row.status == "ok", row.error
+    return row, store
+
+
+@pytest.mark.slow
+def test_device_accuracy_matches_torch_and_compressions_stay_close(trained, local_device, tmp_path):
+    from dlas_host.optimize.pipeline import OptimizeRequest, run
+    from dlas_host.optimize.spec import PruneSpec, QuantSpec
+
+    evals = eval_set("digits", 0)
+    # float32: the device's top-1 count equals torch's on the same images, image by image (ties aside)
+    f32, _ = _bench(local_device, tmp_path, trained.id)
+    assert f32.eval_images == len(evals) == 359 and f32.eval_fingerprint == evals.fingerprint
+    logits = _torch_hits(trained.id, evals)
+    torch_hits = int((logits.argmax(1) == evals.labels).sum())
+    print(f"float32: device top-1 {f32.top1:.4f}, torch {torch_hits / len(evals):.4f}, "
+          f"eval {f32.extra['eval']}")
+    assert round(f32.top1 * len(evals)) == torch_hits
+    assert f32.extra["eval"]["vs_timed_latency"] > 0  # its speed is a benchmark (benchmarks/bench_accuracy.py)
+    assert f32.extra["compute_ms"] > 0 and f32.extra["transfer_ms"] >= 0
+
+    # int8 after calibration: within 1 point of float32, measured on the device with the int8 kernels
+    q = run(OptimizeRequest("resnet18", "digits", quantize=QuantSpec.parse("int8", calib_samples=256),
+                            base=trained.id, progress=False, eval_samples=64))
+    i8, _ = _bench(local_device, tmp_path, q["id"])
+    assert i8.quantization == "int8" and "int8" in i8.built
+    print(f"int8: device top-1 {i8.top1:.4f} vs float32 {f32.top1:.4f}")
+    assert abs(i8.top1 - f32.top1) <= 0.01 + 1e-9
+
+    # 90 % pruned and fine-tuned, run as CSR: within 3 points of its base
+    p = run(OptimizeRequest("resnet18", "digits", prune=PruneSpec.parse("unstructured:global:l1:0.9"),
+                            base=trained.id, finetune_epochs=2, finetune_lr=0.01, progress=False))
+    csr, _ = _bench(local_device, tmp_path, p["id"], sparse_format="csr")
+    assert "csr" in csr.built and csr.sparsity > 0.85
+    print(f"90 % pruned + fine-tuned (CSR): device top-1 {csr.top1:.4f} vs base {f32.top1:.4f}")
+    assert csr.top1 >= f32.top1 - 0.03
