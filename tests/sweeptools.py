@@ -52,3 +52,81 @@ def run_interrupted(spec: Path, db: Path, devices_file: Path | None, kill_after_
     (sweep_id,) = con.execute("SELECT id FROM sweeps ORDER BY created_at DESC LIMIT 1").fetchone()
     con.close()
     return sweep_id
+
+
+# ------------------------------------------------------------------------------------------------ isolated sweeps
+def isolated_env(data_dir: Path) -> dict[str, str]:
+    """The environment of a sweep that keeps everything (cache, models, locks) under ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DLAS_DATA_DIR=str(data_dir), TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env.pop("DLAS_SWEEP_RUN", None)
+    return env
+
+
+LOCAL_ONE_THREAD = ("devices:\n  local:\n    arch: x86_64\n    target: {kind: llvm}\n    threads: 1\n"
+                    "    connection: {type: local}\n")
+
+
+def start_sweep_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`dlas-host sweep ARGS` in its own session (so a group signal reaches it and its compile pool only)."""
+    return subprocess.Popen([sys.executable, "-m", "dlas_host.cli", "sweep", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def count(db: Path, sql: str, *params: object) -> int:
+    """A scalar from the database, 0 while it (or the table) does not exist yet."""
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return int(con.execute(sql, params).fetchone()[0] or 0)
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+def sweep_processes(data_dir: Path) -> list[tuple[int, str]]:
+    """Live processes (not zombies) that belong to sweeps on ``data_dir``: its path in their environment."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get("DLAS_DATA_DIR") == str(data_dir) and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append((proc.pid, " ".join(proc.cmdline())[:160]))
+        except psutil.Error:
+            continue
+    return out
+
+
+def wait_no_sweep_processes(data_dir: Path, limit_s: float = 60) -> list[tuple[int, str]]:
+    """Wait (up to ``limit_s``, a hang guard) for the sweep's processes to be gone; returns those left."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        left = sweep_processes(data_dir)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def job_rows_by_key(db: Path, sweep_id: str) -> dict[str, list[tuple[str, bool, object]]]:
+    """(status, retryable, superseded_by) of each row of a sweep, by job key, in the order stored."""
+    import json
+
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT job_key, status, extra, superseded_by FROM results WHERE sweep_id = ? ORDER BY id",
+                           (sweep_id,)).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[tuple[str, bool, object]]] = {}
+    for key, status, extra, superseded in rows:
+        out.setdefault(key, []).append((status, bool(json.loads(extra or "{}").get("retryable")), superseded))
+    return out
+
+
+def final_count(rows: list[tuple[str, bool, object]]) -> int:
+    return sum(1 for status, retryable, _ in rows if status == "ok" or (status == "skipped" and not retryable))

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import DbOpt, DevicesOpt, JsonOpt, emit_json, err, out, user_errors
+from .cli_common import DbOpt, DevicesOpt, JsonOpt, emit_json, err, fail, out, user_errors
 from .errors import DlasError
 
 sweep_app = typer.Typer(no_args_is_help=True, help="Fleet-wide benchmark sweeps over the DLAS layers.")
@@ -33,7 +33,7 @@ def sweep_run(
     db: Optional[Path] = DbOpt,
 ) -> None:
     """Expand a sweep spec into jobs and run them across the devices."""
-    from .sweep.runner import start_sweep, run_sweep
+    from .sweep.runner import start_sweep
     from .sweep.spec import expand, load_spec
 
     if bool(spec_file) == bool(preset):
@@ -55,8 +55,7 @@ def sweep_run(
             out.print(table)
             return
         sweep_id = start_sweep(spec, registry, store, names)
-        counts = run_sweep(sweep_id, registry, store, executor, console=err)
-    _print_counts(sweep_id, counts)
+    _run(sweep_id, registry, store, executor)
 
 
 @sweep_app.command("resume")
@@ -66,66 +65,96 @@ def sweep_resume(
     devices_file: Optional[Path] = DevicesOpt,
     db: Optional[Path] = DbOpt,
 ) -> None:
-    """Run the jobs of an interrupted sweep that have no final result yet."""
-    from .sweep.runner import run_sweep
-    from .sweep.state import SweepNotFound
+    """Run the jobs of a sweep that have no final result yet (never run, failed, or skipped for a reason that
+    may pass); one runner per sweep."""
+    with user_errors():
+        registry, store = _open(devices_file, db)
+    _run(sweep_id, registry, store, executor)
+
+
+def _run(sweep_id: str, registry, store, executor: str) -> None:
+    """Run the sweep; SIGINT/SIGTERM end it with 128 + the signal's number once its processes are gone."""
+    from .sweep.runner import SweepInterrupted, run_sweep
 
     try:
-        with user_errors():
-            registry, store = _open(devices_file, db)
-            counts = run_sweep(sweep_id, registry, store, executor, console=err)
-    except SweepNotFound as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1)
+        counts = run_sweep(sweep_id, registry, store, executor, console=err)
+    except SweepInterrupted as exc:
+        fail(str(exc), 128 + exc.signum)
+    except KeyboardInterrupt as exc:  # before the runner took the sweep: nothing of it was started
+        signum = getattr(exc, "signum", 2)
+        fail(f"sweep {sweep_id} interrupted before it started: `dlas-host sweep resume {sweep_id}` runs it",
+             128 + signum)
+    except (DlasError, OSError) as exc:
+        fail(str(exc))
     _print_counts(sweep_id, counts)
 
 
 @sweep_app.command("status")
 def sweep_status(sweep_id: Optional[str] = typer.Argument(None), db: Optional[Path] = DbOpt,
                  as_json: bool = JsonOpt) -> None:
-    """Progress of one sweep (default: the newest)."""
+    """Progress of one sweep (default: the newest), from the final row of each job, with the jobs retried
+    after a skip that may pass, duplicates (jobs stored more than once) and orphans."""
     from .store import ResultStore
-    from .sweep.state import SweepNotFound, SweepState
+    from .sweep.state import SweepState
 
-    state = SweepState(ResultStore(db).path)
-    try:
+    with user_errors():
+        state = SweepState(ResultStore(db).path)
         sweeps = state.list()
         record = state.get(sweep_id or (sweeps[0]["id"] if sweeps else "-none-"))
-    except SweepNotFound as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1)
-    counts = state.counts(record["id"])
-    finished = counts.get("ok", 0) + counts.get("skipped", 0)
+        summary = state.summary(record["id"], record)
+        runner = state.runner(record)
+        live = state.live_status(record)
     if as_json:
-        emit_json({**record, "counts": counts, "finished": finished})
+        emit_json({**record, "status": live, "recorded_status": record["status"], **summary.as_dict(),
+                   "runner": runner})
         return
-    out.print(f"sweep {record['id']} ({record['name']}): {record['status']}, {finished}/{record['total']} jobs final "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'nothing run yet'}); "
-              f"started {record['created_at']}, updated {record['updated_at']}")
+    final = {k: v for k, v in summary.counts.items() if k in ("ok", "skipped")}
+    pending = [f"{k} {v}" for k, v in sorted(summary.pending_by.items())]
+    who = f" (pid {runner.get('pid')} on {runner.get('host')})" if runner and live == "running" else ""
+    out.print(f"sweep {record['id']} ({record['name']}): {live}{who}, {summary.finished}/{summary.total} jobs final "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(final.items())) or 'none yet'}); "
+              f"pending {summary.pending}{' (' + ', '.join(pending) + ')' if summary.pending > 0 and pending else ''}; "
+              f"retried {summary.retried}, duplicates {summary.duplicates}, orphans {summary.orphans}; "
+              f"started {record['created_at']}, updated {record['updated_at']}", highlight=False, soft_wrap=True)
+    if summary.duplicates:
+        out.print(f"  duplicates: {summary.duplicates} job(s) stored more than once (the first final row counts): "
+                  f"{', '.join(summary.duplicate_keys[:5])}{' ...' if summary.duplicates > 5 else ''}",
+                  highlight=False, soft_wrap=True)
+    if summary.orphans:
+        parts = []
+        if summary.orphan_rows:
+            parts.append(f"{summary.orphan_rows} row(s) whose job is not in the sweep")
+        if summary.orphan_jobs:
+            parts.append(f"{summary.orphan_jobs} job(s) started by a runner that is gone, without a final row")
+        out.print(f"  orphans: {'; '.join(parts)}", highlight=False, soft_wrap=True)
+    if summary.pending > 0 and live != "running":
+        out.print(f"  `dlas-host sweep resume {record['id']}` runs the {summary.pending} pending job(s)",
+                  highlight=False, soft_wrap=True)
 
 
 @sweep_app.command("list")
 def sweep_list(db: Optional[Path] = DbOpt, as_json: bool = JsonOpt) -> None:
-    """All sweeps in the results database."""
+    """All sweeps in the results database (a sweep whose runner is gone shows "interrupted")."""
     from .store import ResultStore
     from .sweep.state import SweepState
 
-    state = SweepState(ResultStore(db).path)
+    with user_errors():
+        sweeps = SweepState(ResultStore(db).path).list()
     if as_json:
-        emit_json(state.list())
+        emit_json(sweeps)
         return
     table = Table(title="sweeps")
     for col in ("id", "name", "jobs", "status", "created", "updated"):
         table.add_column(col)
-    for s in state.list():
+    for s in sweeps:
         table.add_row(s["id"], s["name"], str(s["total"]), s["status"], s["created_at"], s["updated_at"])
     out.print(table)
 
 
 def _print_counts(sweep_id: str, counts: dict[str, int]) -> None:
     out.print(f"sweep {sweep_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    if counts.get("error"):
-        out.print(f"failed jobs stay pending: `dlas-host sweep resume {sweep_id}` retries them")
+    if counts.get("error") or counts.get("retryable"):
+        out.print(f"failed jobs and skips that may pass stay pending: `dlas-host sweep resume {sweep_id}` retries them")
 
 
 def report(

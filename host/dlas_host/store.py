@@ -3,6 +3,11 @@
 Rows are only ever added (a failed or skipped job is a row too, with its reason), each in its own
 transaction, in WAL mode, so a crash or a bad job never loses what was already recorded. New columns are
 added by migration; old databases keep working.
+
+Sweep jobs are stored exactly once: a job's *final* row (``ok``, or ``skipped`` for a reason that will not
+pass) is added only if the job has none yet, in the same transaction that checks (``add_job_row``). Its
+earlier attempts (errors, skips marked ``extra["retryable"]``) stay as history, pointing to the row that
+replaced them in ``superseded_by``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from dlas_agent.protocol import TimingStats
 
@@ -80,6 +85,8 @@ class ResultRow:
     extra: dict[str, Any] = field(default_factory=dict)
     sweep_id: str = ""
     job_key: str = ""
+    # set by the store, on a sweep job's attempt (an error, a retryable skip), to the id of the row replacing it
+    superseded_by: int | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
@@ -107,6 +114,25 @@ def _column_type(f: Any) -> str:
 
 
 COLUMNS = [(f.name, _column_type(f)) for f in fields(ResultRow)]
+
+
+def is_final(status: str, extra: dict[str, Any] | None) -> bool:
+    """Whether a sweep job's row ends the job: ``ok``, or ``skipped`` for a reason that will not pass.
+
+    Errors and skips marked ``extra["retryable"]`` (a quarantined device, a transient failure while making a
+    pruned model) are attempts: ``sweep resume`` runs the job again.
+    """
+    return status == "ok" or (status == "skipped" and not (extra or {}).get("retryable"))
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class StoreQueryError(DlasError, ValueError):
@@ -198,14 +224,35 @@ class ResultStore:
             db.execute(f"CREATE INDEX IF NOT EXISTS idx_results_{index} ON results({index})")
 
     def add(self, row: ResultRow) -> int:
-        data = asdict(row)
-        for key in _JSON_FIELDS:
-            data[key] = json.dumps(data[key], default=str)
-        names = list(data)
         with self._connect() as db:
-            cur = db.execute(f"INSERT INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                             [data[n] for n in names])
-            return int(cur.lastrowid)
+            return _insert(db, row)
+
+    def add_job_row(self, row: ResultRow,
+                    on_stored: Callable[[sqlite3.Connection, int], None] | None = None) -> tuple[int, bool]:
+        """Add a sweep job's row unless the job already has a final row: check and insert in one transaction.
+
+        Returns ``(id, True)`` for the row added, or ``(id of the final row already there, False)``: a job is
+        stored once however many runs reach it. The job's earlier attempts that were not final (errors,
+        retryable skips) get ``superseded_by`` = the new id. ``on_stored(db, id)`` runs in the same
+        transaction (the sweep closes the job's claim with it).
+        """
+        if not (row.sweep_id and row.job_key):
+            raise StoreQueryError("add_job_row needs a row with sweep_id and job_key")
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # the write lock first: no other run can add this job in between
+            earlier = db.execute("SELECT id, status, extra FROM results WHERE sweep_id = ? AND job_key = ? "
+                                 "AND superseded_by IS NULL ORDER BY id", (row.sweep_id, row.job_key)).fetchall()
+            for old in earlier:
+                if is_final(old["status"], _json_dict(old["extra"])):
+                    return int(old["id"]), False
+            new_id = _insert(db, row)
+            if earlier:
+                marks = ", ".join("?" * len(earlier))
+                db.execute(f"UPDATE results SET superseded_by = ? WHERE id IN ({marks})",
+                           [new_id, *(int(old["id"]) for old in earlier)])
+            if on_stored is not None:
+                on_stored(db, new_id)
+            return new_id, True
 
     def query(self, where: dict[str, Any] | None = None, limit: int | None = None,
               order: str = "id DESC") -> list[dict[str, Any]]:
@@ -229,12 +276,22 @@ class ResultStore:
     def count(self, where: dict[str, Any] | None = None) -> int:
         return len(self.query(where))
 
-    def job_keys(self, sweep_id: str, statuses: tuple[str, ...] = ("ok", "skipped")) -> set[str]:
-        """Jobs of a sweep that already have a final row (used to resume)."""
-        marks = ", ".join("?" * len(statuses))
+    def job_keys(self, sweep_id: str) -> set[str]:
+        """Jobs of a sweep that already have a final row (``resume`` runs the others)."""
+        return {r["job_key"] for r in self.job_rows(sweep_id) if r["final"]}
+
+    def job_rows(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The sweep's rows in the order stored, each as id, job_key, status, error, extra, superseded_by,
+        final and retryable (only what sweep bookkeeping needs: no timings)."""
         with self._connect() as db:
-            return {r[0] for r in db.execute(
-                f"SELECT job_key FROM results WHERE sweep_id = ? AND status IN ({marks})", [sweep_id, *statuses])}
+            rows = [dict(r) for r in db.execute(
+                "SELECT id, job_key, status, error, extra, superseded_by FROM results WHERE sweep_id = ? "
+                "ORDER BY id", (sweep_id,))]
+        for row in rows:
+            row["extra"] = _json_dict(row["extra"])
+            row["final"] = is_final(row["status"], row["extra"])
+            row["retryable"] = row["status"] == "skipped" and bool(row["extra"].get("retryable"))
+        return rows
 
     def export(self, fmt: str, rows: list[dict[str, Any]] | None = None) -> str:
         rows = self.query(order="id ASC") if rows is None else rows
@@ -249,3 +306,13 @@ class ResultStore:
                 writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
             return buf.getvalue()
         raise StoreQueryError(f"unknown export format {fmt!r}; supported: csv, json")
+
+
+def _insert(db: sqlite3.Connection, row: ResultRow) -> int:
+    data = asdict(row)
+    for key in _JSON_FIELDS:
+        data[key] = json.dumps(data[key], default=str)
+    names = list(data)
+    cur = db.execute(f"INSERT INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                     [data[n] for n in names])
+    return int(cur.lastrowid)
