@@ -159,12 +159,12 @@ def _print_counts(sweep_id: str, counts: dict[str, int]) -> None:
 
 def report(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's rows (id or prefix)"),
-    out_dir: Path = typer.Option(Path("report"), "--out", help="directory for report.html, report.md and PNGs"),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="directory for report.html, report.md and SVG figures"),
     title: str = typer.Option("DLAS Lab report"),
     db: Optional[Path] = DbOpt,
 ) -> None:
     """Write an HTML + Markdown report: heatmaps, Pareto plots, spreads and automatic observations."""
-    from .report import write_report
+    from .report import load_sweeps, write_report
     from .store import ResultStore
     from .sweep.state import SweepNotFound, SweepState
 
@@ -180,8 +180,8 @@ def report(
     if not rows:
         err.print("[bold red]error:[/] no results to report (run `dlas-host bench` or `dlas-host sweep run` first)")
         raise typer.Exit(1)
-    result = write_report(rows, out_dir, title)
+    result = write_report(rows, out_dir, title, sweeps=load_sweeps(store.path, rows))
     out.print(f"wrote {result.html_path} and {result.markdown_path}: {result.rows} rows, {result.figures} figures, "
-              f"{len(result.findings)} observations")
-    for f in result.findings:
-        out.print(f"  - {f.text}")
+              f"{len(result.findings)} observations", markup=False)
+    for f in result.findings:  # finding texts carry user data (names, brackets): never Rich markup
+        out.print(f"  - {f.text}", markup=False, highlight=False)

@@ -293,7 +293,8 @@ def device_worker(device_name: str, devices_file: str, db_path: str, data_dir: s
     store = ResultStore(db_path)
     state = SweepState(db_path)
     retry_of, tune_failures = retry_of or {}, tune_failures or {}
-    opts = RunOptions(number=settings.number, repeat=settings.repeat, warmup=settings.warmup)
+    opts = RunOptions(number=settings.number, repeat=settings.repeat, warmup=settings.warmup,
+                      eval_images=settings.eval_images)
     failures_in_a_row = 0
     quarantine_reason = ""
     for raw in jobs:

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import asdict, field, make_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Optional, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -34,6 +34,7 @@ class RunSettings(BaseModel):
     quarantine_after: int = Field(3, ge=1)  # consecutive failed jobs that take a device out of the sweep
     calib_samples: int = Field(64, ge=1)
     tune_trials: int = Field(0, ge=0)  # > 0: tune every tuned job's model on its device first (dlas-host tune)
+    eval_images: Optional[int] = Field(None, ge=0)  # TVM jobs: accuracy on the device over N test images (0: all)
 
 
 Grid = create_model(  # one list per DLAS dimension (dimensions.DIMENSIONS), the dimension's default first
