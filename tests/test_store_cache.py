@@ -103,3 +103,21 @@ def test_protocol_roundtrip_and_rejects_unknown_keys():
     assert again.stats.median_ms == 2.0
     with pytest.raises(ProtocolError, match="unknown keys"):
         BenchmarkRequest.from_json(json.dumps({"artifact": "a", "sha256": "b", "inputs": "c", "evil": 1}))
+
+
+def test_superseded_attempts_are_not_current_results(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from dlas_host.cli import app
+
+    first = row(status="error", error="agent went away", sweep_id="s1", job_key="k1", extra={"transient": True})
+    first_id, added = store.add_job_row(first)
+    assert added
+    final_id, added = store.add_job_row(row(status="ok", median_ms=2.0, sweep_id="s1", job_key="k1"))
+    assert added and final_id != first_id
+    assert [r["id"] for r in store.query({"sweep_id": "s1"}, current=True)] == [final_id]
+    assert {r["id"] for r in store.query({"sweep_id": "s1"})} == {first_id, final_id}
+    listed = CliRunner().invoke(app, ["results", "list", "--json", "--db", str(store.path)])
+    assert [r["id"] for r in json.loads(listed.output) if r["sweep_id"] == "s1"] == [final_id]
+    listed = CliRunner().invoke(app, ["results", "list", "--json", "--attempts", "--db", str(store.path)])
+    assert {r["id"] for r in json.loads(listed.output) if r["sweep_id"] == "s1"} == {first_id, final_id}

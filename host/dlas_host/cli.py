@@ -289,13 +289,14 @@ def quickstart(
 def results_list(
     limit: int = typer.Option(20, help="newest N rows"),
     model: Optional[str] = None, device: Optional[str] = None, system: Optional[str] = None,
+    attempts: bool = typer.Option(False, "--attempts", help="also sweep attempts a later row superseded"),
     db: Optional[Path] = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Show stored results, newest first."""
     where = {k: v for k, v in (("model", model), ("device", device), ("system", system)) if v}
     with user_errors():
-        rows = _store(db).query(where, limit=limit)
+        rows = _store(db).query(where, limit=limit, current=not attempts)
     if as_json:
         emit_json(rows)
     else:

@@ -176,7 +176,7 @@ def report(
         except SweepNotFound as exc:
             err.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1)
-    rows = store.query(where, order="id ASC")
+    rows = store.query(where, order="id ASC", current=True)  # superseded attempts are not results
     if not rows:
         err.print("[bold red]error:[/] no results to report (run `dlas-host bench` or `dlas-host sweep run` first)")
         raise typer.Exit(1)

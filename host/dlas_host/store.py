@@ -255,13 +255,15 @@ class ResultStore:
             return new_id, True
 
     def query(self, where: dict[str, Any] | None = None, limit: int | None = None,
-              order: str = "id DESC") -> list[dict[str, Any]]:
+              order: str = "id DESC", current: bool = False) -> list[dict[str, Any]]:
+        """Rows matching ``where``; ``current``: leave out attempts a later row of the same job superseded."""
         where = where or {}
         allowed = {name for name, _ in COLUMNS} | {"id"}
         bad = set(where) - allowed
         if bad:
             raise StoreQueryError(f"unknown result column(s) {sorted(bad)}; known: {', '.join(n for n, _ in COLUMNS)}")
-        clause = " AND ".join(f"{k} = ?" for k in where)
+        terms = [f"{k} = ?" for k in where] + (["superseded_by IS NULL"] if current else [])
+        clause = " AND ".join(terms)
         sql = "SELECT * FROM results" + (f" WHERE {clause}" if clause else "") + f" ORDER BY {order}"
         if limit:
             sql += f" LIMIT {int(limit)}"
