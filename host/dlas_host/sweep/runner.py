@@ -23,6 +23,7 @@ Exactly once, under any kill:
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -81,7 +82,7 @@ def build_spec(job: Job, model_ids: dict[str, str], calib_samples: int = RunSett
               if job.system == "tvm" else LoweringPolicy(algorithm="stock"))
     return BuildSpec(model=job.model, dataset=job.dataset, policy=policy,
                      quantize=None if job.quantization == "float32" else job.quantization,
-                     optimized_model=model_ids.get(prune_key(job)) if job.pruning != "none" else None,
+                     optimized_model=model_ids.get(prune_key(job)),  # a pruned model or a trained base
                      tuning=job.tuning if job.system == "tvm" else "untuned", calib_samples=calib_samples)
 
 
@@ -101,22 +102,81 @@ def may_pass(exc: BaseException) -> bool:
     return not isinstance(exc, _PERMANENT)
 
 
-def prepare_pruned_models(jobs: list[Job], log: Callable[[str], None]
-                          ) -> tuple[dict[str, str], dict[str, tuple[str, bool]]]:
-    """(ids, errors): a stored model id per pruning key, or (the reason it could not be made, whether that
-    reason may pass: its jobs are then skipped as retryable)."""
+def prepare_bases(jobs: list[Job], spec: SweepSpec | None, log: Callable[[str], None]
+                  ) -> tuple[dict[str, str], dict[str, tuple[str, bool]]]:
+    """Trained bases per (model, dataset), keyed like an unpruned job: named in ``spec.bases`` (id or name),
+    else trained with ``spec.train`` (a recipe already stored is reused, never retrained)."""
     ids: dict[str, str] = {}
     errors: dict[str, tuple[str, bool]] = {}
+    if spec is None or not (spec.bases or spec.train):
+        return ids, errors
+    for model, dataset in sorted({(j.model, j.dataset) for j in jobs}):
+        key = f"{model}|{dataset}|none"
+        named = spec.bases.get(f"{model}/{dataset}") or spec.bases.get(model)
+        try:
+            if named:
+                from ..optimize import modelstore  # noqa: PLC0415
+
+                entry = modelstore.load(named)
+            elif spec.train:
+                from ..optimize.base_model import Recipe, train_base  # noqa: PLC0415
+
+                log(f"training the base {model}/{dataset} ({spec.train.epochs} epochs; reused if stored)")
+                entry = train_base(Recipe(model=model, dataset=dataset, **spec.train.model_dump()), progress=False)
+            else:
+                continue
+            if (entry.meta.get("base_model"), entry.meta.get("dataset")) != (model, dataset):
+                raise SweepError(f"base {named!r} is {entry.meta.get('base_model')}/{entry.meta.get('dataset')}, "
+                                 f"not {model}/{dataset}")
+            ids[key] = entry.id
+            log(f"base {model}/{dataset} -> model {entry.id}")
+        except Exception as exc:  # noqa: BLE001 - recorded as the skip reason of every job that needs it
+            errors[key] = (f"{type(exc).__name__}: {exc}", may_pass(exc))
+            log(f"[yellow]no base[/] {model}/{dataset}: {errors[key][0][:200]}")
+    return ids, errors
+
+
+def prepare_pruned_models(jobs: list[Job], log: Callable[[str], None], spec: SweepSpec | None = None
+                          ) -> tuple[dict[str, str], dict[str, tuple[str, bool]]]:
+    """(ids, errors): a stored model id per pruning key (and per trained base), or (the reason it could not be
+    made, whether that reason may pass: its jobs are then skipped as retryable)."""
+    ids, errors = prepare_bases(jobs, spec, log)
     for key in sorted({prune_key(j) for j in jobs if j.pruning != "none"}):
         model, dataset, pruning = key.split("|")
+        base_key = f"{model}|{dataset}|none"
+        if base_key in errors:
+            errors[key] = errors[base_key]
+            continue
         try:
-            ids[key] = make_pruned_model(model, dataset, pruning)
+            if base_key in ids:
+                ids[key] = make_pruned_from_base(model, dataset, pruning, ids[base_key], spec.run)  # type: ignore[union-attr]
+            else:
+                ids[key] = make_pruned_model(model, dataset, pruning)
             log(f"pruned {model}/{dataset} {pruning} -> model {ids[key]}")
         except Exception as exc:  # noqa: BLE001 - recorded as the skip reason of every job that needs it
             errors[key] = (f"{type(exc).__name__}: {exc}", may_pass(exc))
             log(f"[yellow]could not make the pruned model[/] {model}/{dataset} {pruning}: {errors[key][0][:200]}"
                 + (" (may pass: resume retries its jobs)" if errors[key][1] else ""))
     return ids, errors
+
+
+def make_pruned_from_base(model: str, dataset: str, pruning: str, base_id: str, run: RunSettings) -> str:
+    """Prune a trained base and fine-tune it as the spec asks (``dlas-host optimize --base``); stored once."""
+    from ..optimize import modelstore  # noqa: PLC0415
+    from ..optimize.pipeline import OptimizeRequest, run as optimize  # noqa: PLC0415
+    from ..optimize.spec import PruneSpec  # noqa: PLC0415
+
+    prune_spec = PruneSpec.parse(pruning)
+    recipe = {"finetune_epochs": run.finetune_epochs, "finetune_lr": run.finetune_lr}
+    as_stored = json.loads(json.dumps(prune_spec.as_dict()))  # meta.json has lists where the spec has tuples
+    for meta in reversed(modelstore.list_models()):  # made by an earlier run: a resume never redoes it
+        if (meta.get("base_id") == base_id and meta.get("prune") == as_stored
+                and meta.get("finetune") == recipe and not meta.get("quantize")):
+            return meta["id"]
+    result = optimize(OptimizeRequest(model, dataset, prune=prune_spec, base=base_id,
+                                      finetune_epochs=run.finetune_epochs, finetune_lr=run.finetune_lr,
+                                      progress=False, extra_meta={"source": "sweep", "finetune": recipe}))
+    return result["id"]
 
 
 def make_pruned_model(model: str, dataset: str, pruning: str) -> str:
@@ -301,7 +361,7 @@ def device_worker(device_name: str, devices_file: str, db_path: str, data_dir: s
         job = Job(**raw)
         events.put(("start", device_name, job.label()))
         state.claim(sweep_id, job.key, token)
-        model_error = model_errors.get(prune_key(job)) if job.pruning != "none" else None
+        model_error = model_errors.get(prune_key(job))
         if quarantine_reason:
             row = _skipped_row(job, device, sweep_id, quarantine_reason, retryable=True, kind="quarantine")
         elif model_error:
@@ -430,7 +490,7 @@ def _run_pending(sweep_id: str, spec: SweepSpec, pending: list[Job], registry: R
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not show_progress, transient=False) as progress:
-        model_ids, model_errors = prepare_pruned_models(pending, log)
+        model_ids, model_errors = prepare_pruned_models(pending, log, spec)
         tune_failures: dict[str, str] = {}
         if spec.run.tune_trials > 0:
             tune_failures = tune_phase(pending, model_ids, registry, spec.run.tune_trials, log, progress,

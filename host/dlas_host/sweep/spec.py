@@ -35,6 +35,8 @@ class RunSettings(BaseModel):
     calib_samples: int = Field(64, ge=1)
     tune_trials: int = Field(0, ge=0)  # > 0: tune every tuned job's model on its device first (dlas-host tune)
     eval_images: Optional[int] = Field(None, ge=0)  # TVM jobs: accuracy on the device over N test images (0: all)
+    finetune_epochs: int = Field(0, ge=0)  # fine-tuning of pruned variants of a trained base (masks kept)
+    finetune_lr: float = Field(0.01, gt=0)
 
 
 Grid = create_model(  # one list per DLAS dimension (dimensions.DIMENSIONS), the dimension's default first
@@ -42,10 +44,24 @@ Grid = create_model(  # one list per DLAS dimension (dimensions.DIMENSIONS), the
     **{d.grid: (list[str], [d.default]) for d in DIMENSIONS})
 
 
+class TrainSettings(BaseModel):
+    """``train:`` in a spec: bases with no stored model named in ``bases`` are trained first (dlas-host train)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
+    # trained bases: "model/dataset" (or "model") -> stored model id or name; pruned variants derive from them
+    bases: dict[str, str] = {}
+    train: Optional[TrainSettings] = None
     grid: Grid | None = None
     jobs: list[dict[str, Any]] = []  # explicit jobs: the same keys as a grid point (single values)
     exclude: list[dict[str, Any]] = []  # a job matching every key/value of an entry is dropped
