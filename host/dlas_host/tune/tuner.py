@@ -8,6 +8,7 @@ command again resumes (trials already in the records count), and does nothing on
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -25,6 +26,7 @@ from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
 from ..compile import BuildSpec, CompileError, relax_module_for
 from ..devices import Device
+from ..fleet.locks import device_lock, lock_wait_s
 from . import tuning_target
 from .build import local_builder, remove_artifact
 from .measure import DEVICE_LOST, AgentRunner, MeasureConfig, SessionPool, runner_result_ok
@@ -387,7 +389,9 @@ class Tuner:
         report = TuneReport(device=", ".join(d.name for d in self.devices), target=str(self.target),
                             records_dir=str(self.records.dir), tasks=self.tasks)
         try:
-            with tempfile.TemporaryDirectory(prefix="dlas-tune-") as work_dir:
+            with contextlib.ExitStack() as held, tempfile.TemporaryDirectory(prefix="dlas-tune-") as work_dir:
+                for device in self.devices:  # tuning measurements are timings: the devices are ours alone
+                    held.enter_context(device_lock(device, lock_wait_s(), purpose=f"tuning {self.spec.model}"))
                 self._seed_defaults(builder, runner)
                 allocate(self.tasks, self.options.trials, self.options.batch)
                 self.tasks.sort(key=lambda t: t.share_s, reverse=True)
