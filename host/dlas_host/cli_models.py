@@ -102,7 +102,7 @@ def models_import(
     """Import user weights into the store (read as tensors only; checked against the architecture)."""
     from . import data, zoo
     from .optimize import modelstore
-    from .optimize.base_model import file_sha256
+    from dlas_agent.runner import sha256_file
 
     with user_errors():
         net = zoo.create(model, data.model_dataset(dataset), checkpoint=checkpoint)
@@ -115,7 +115,7 @@ def models_import(
             prep["interpolation"] = interpolation
         entry = modelstore.save(net, {"base_model": model, "dataset": dataset, "prune": None, "quantize": None,
                                       "calibration": None, "source": "import", "name": name or checkpoint.stem,
-                                      "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+                                      "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
                                       "preprocessing": prep, "sparsity": 0.0,
                                       "params": sum(p.numel() for p in net.parameters())})
     if as_json:

@@ -120,11 +120,3 @@ def find_trained(recipe: Recipe) -> modelstore.StoredModel | None:
         if meta.get("source") == "train" and meta.get("recipe") == wanted:
             return modelstore.load(meta["id"])
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
