@@ -277,6 +277,7 @@ def test_a_timing_waits_for_cpu_work_and_goes_before_new_cpu_work(local_device, 
             got["compile_released_first"] = holders[0].released.exists()
 
     caplog.set_level(logging.INFO, logger="dlas_host.locks")
+    caplog.clear()  # the refused attempt above logged "waiting for local" too when INFO was already on
     worker = threading.Thread(target=timing)
     worker.start()
     deadline = time.monotonic() + 60
