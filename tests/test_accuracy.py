@@ -93,3 +93,31 @@ def test_device_accuracy_matches_torch_and_compressions_stay_close(trained, loca
     assert "csr" in csr.built and csr.sparsity > 0.85
     print(f"90 % pruned + fine-tuned (CSR): device top-1 {csr.top1:.4f} vs base {f32.top1:.4f}")
     assert csr.top1 >= f32.top1 - 0.03
+
+
+
+def test_framework_baselines_carry_accuracy_on_the_same_images(local_device, tmp_path):
+    """torch and onnxruntime rows score the same fingerprinted images as TVM rows, in their own process."""
+    from dlas_host.bench import RunOptions, bench_engine
+    from dlas_host.compile import BuildSpec, build_torch_model
+    from dlas_host.store import ResultStore
+
+    evals = eval_set("digits", 40)
+    spec = BuildSpec(model="resnet18", dataset="digits", batch=3)  # seeded weights; 40 = 13 batches + 1 padded
+    with torch.no_grad():
+        logits = build_torch_model(spec).eval()(torch.from_numpy(evals.images)).numpy()
+    want1 = int((logits.argmax(1) == evals.labels).sum())
+    want5 = int((np.argsort(-logits, 1)[:, :5] == evals.labels[:, None]).any(1).sum())
+    store = ResultStore(tmp_path / "r.sqlite")
+    rows = {e: bench_engine(e, spec, local_device, store, RunOptions(number=1, repeat=3, warmup=1, eval_images=40))
+            for e in ("torch", "onnxruntime")}
+    for engine, row in rows.items():
+        assert row.status == "ok", row.error
+        assert row.eval_images == 40 and row.eval_fingerprint == evals.fingerprint
+        got = row.extra["eval"]
+        assert got["hits1"] == round(row.top1 * 40) and got["compute_s"] > 0
+        assert abs(got["hits1"] - want1) <= (0 if engine == "torch" else 1)  # float32 ties may break otherwise
+        assert abs(got["hits5"] - want5) <= (0 if engine == "torch" else 1)
+        assert "transfer_ms" not in row.extra  # nothing timed the copies apart: no transfer share is claimed
+    stored = {r["system"]: r for r in store.query({})}
+    assert stored["torch"]["top1"] == rows["torch"].top1 and stored["onnxruntime"]["eval_images"] == 40

@@ -120,6 +120,14 @@ def _extra(rnd: random.Random) -> Any:
                                     "sparse_format": rnd.choice(VOCAB["sparse_format"])}, None, "x", {"algorithm": 3}])
     if rnd.random() < 0.3:
         out["transfer_ms"], out["compute_ms"] = _timed(rnd), _timed(rnd)
+    if rnd.random() < 0.4:
+        out["eval"] = rnd.choice([{"hits1": rnd.choice([0, 5, 90, 100, 359, -1, 10**9, "x", None])}, None, "x", []])
+    if rnd.random() < 0.4:
+        out["model"] = rnd.choice([{"id": "p80", "base_id": rnd.choice(["b1", "p80", None, 3]),
+                                    "prune": rnd.choice(["unstructured:global:l1:0.8", None, {"x": 1}]),
+                                    "finetune": rnd.choice([{"finetune_epochs": 1}, None, "x", {"finetune_epochs": []}]),
+                                    "name": rnd.choice(["base-e3", None, 7])},
+                                   {"id": "b1", "name": "base-e3"}, None, "x", {}])
     return out
 
 
@@ -151,6 +159,8 @@ def random_row(rnd: random.Random, rid: int, odd: float, bases: list[dict[str, A
     r["artifact_bytes"] = rnd.choice([0, rnd.randint(1, 2**31), None, -5])
     r["top1"] = rnd.choice([None, None, rnd.random(), *WEIRD_FLOATS])
     r["top5"] = rnd.choice([None, rnd.uniform(-1, 2)])
+    r["eval_images"] = rnd.choice([None, 0, 100, 359, -4, "x", float("nan")])
+    r["eval_fingerprint"] = rnd.choice(["", "fp1", "fp1", "fp2", None])
     r["extra"] = _extra(rnd)
     r["device_env"] = rnd.choice(ENVS)
     r["host_env"] = rnd.choice([{}, None, {"tvm": "0.27.0", "dlas": "0.1.0"}])

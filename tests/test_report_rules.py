@@ -10,6 +10,7 @@ import pytest
 from dlas_host.report import findings as fk
 from dlas_host.report.rows import measure, prepare, stored_sparsity
 from dlas_host.report.rules import RULES, observe
+from dlas_host.report.rules.accuracy import accuracy_cost, drops
 from dlas_host.report.rules.algorithm import algorithms
 from dlas_host.report.rules.compression import compression_by_device
 from dlas_host.report.rules.correlation import correlations
@@ -225,6 +226,54 @@ def test_size_latency_and_accuracy_correlations():
            "(exact), 6 builds)." in f.text
     assert f.significant and f.rows == sorted(r["id"] for r in rows)
     assert correlations(prepare(rows[:4])) == []  # four builds: too few to say anything
+
+
+# ------------------------------------------------------------------------------------------ accuracy cost
+def _scored(ms: float, hits: int, images: int = 359, fingerprint: str = "fp", **fields):
+    extra = {**fields.pop("extra", {}), "eval": {"hits1": hits}}
+    return tvm(ms, top1=hits / images, eval_images=images, eval_fingerprint=fingerprint, extra=extra, **fields)
+
+
+BASE = {"id": "b1", "name": "resnet18-digits-e3", "source": "train"}
+P90 = {"id": "p90", "base_id": "b1", "prune": "unstructured:global:l1:0.9", "finetune": {"finetune_epochs": 2}}
+
+
+def test_accuracy_cost_measures_each_compression_against_the_base_it_was_derived_from():
+    """The truth is planted: int8 keeps the base's hits (no change), 90 % pruning loses 60 of 359 images (a real
+    drop), its CSR build scores like its dense build; a base scored on other images or another device is no
+    base; a row whose base was never measured states nothing."""
+    rows = [_scored(8.0, 350, pruning="model:b1", extra={"model": BASE}),
+            _scored(2.5, 349, pruning="model:b1", quantization="int8", extra={"model": BASE}),
+            _scored(7.0, 290, pruning="model:p90", sparsity=0.9, extra={"model": P90}),
+            _scored(4.0, 290, pruning="model:p90", sparse_format="csr", density=0.1, extra={"model": P90}),
+            _scored(8.0, 100, pruning="model:b1", fingerprint="other", quantization="float16", extra={"model": BASE}),
+            _scored(8.0, 300, pruning="model:b1", device="pi", quantization="int8", extra={"model": BASE})]
+    ids = [r["id"] for r in rows]
+    found = drops(prepare(rows))
+    assert [(d.base.id, d.cand.id) for d in found] == [(ids[0], ids[1]), (ids[0], ids[2]), (ids[0], ids[3])]
+    i8, pruned, csr = found
+    assert not i8.significant and i8.drop == pytest.approx(1 / 359) and i8.low < 0 < i8.high
+    assert pruned.significant and pruned.drop == pytest.approx(60 / 359) and pruned.low > 0.1
+    assert pruned.label == "pruning unstructured:global:l1:0.9 (90 % zeros stored), fine-tuned 2 epochs"
+    assert csr.label.endswith(" + CSR") and csr.drop == pytest.approx(pruned.drop)
+    [f] = accuracy_cost(prepare(rows))
+    assert f.rule == fk.ACCURACY and f.significant and f.rows == ids[:4]
+    assert f.text.startswith("On local (tvm), against resnet18-digits-e3 (resnet18/cifar10) at 97.5 % top-1 over "
+                             "359 images: int8: no significant change (97.2 %; drop +0.3 points, 95 % CI ")
+    assert "; pruning unstructured:global:l1:0.9 (90 % zeros stored), fine-tuned 2 epochs costs 16.7 points " \
+           "(80.8 %; 95 % CI +" in f.text
+
+
+def test_accuracy_cost_needs_the_same_images_and_a_measured_base():
+    lone = [_scored(2.5, 349, pruning="model:b1", quantization="int8", extra={"model": BASE})]
+    assert drops(prepare(lone)) == [] and accuracy_cost(prepare(lone)) == []
+    unscored = [tvm(8.0, pruning="model:b1", extra={"model": BASE}),  # no accuracy: nothing to compare
+                _scored(2.5, 349, pruning="model:b1", quantization="int8", extra={"model": BASE})]
+    assert drops(prepare(unscored)) == []
+    seeded = [_scored(8.0, 36, images=359), _scored(2.5, 40, images=359, quantization="int8")]  # no stored model
+    [d] = drops(prepare(seeded))
+    assert not d.significant and d.drop == pytest.approx(-4 / 359)
+    assert "resnet18/cifar10 (seeded weights)" in accuracy_cost(prepare(seeded))[0].text
 
 
 # ------------------------------------------------------------------------------------------ transfer, quality

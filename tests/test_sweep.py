@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_presets_expand(registry):
     quick = expand(load_spec("quick"), registry)
-    assert len(quick) == 3 and {j.system for j in quick} == {"tvm", "torch"}
+    assert len(quick) == 15 and {j.system for j in quick} == {"tvm", "torch", "onnxruntime"}
+    assert sum(j.system == "tvm" for j in quick) == 9 and {j.dataset for j in quick} == {"digits"}
     paper = expand(load_spec("dlas-paper"), registry)
     assert len(paper) == 1008
     # Baselines do not vary the TVM-only dimensions, and sparse formats appear only with unstructured pruning.

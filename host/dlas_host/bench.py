@@ -29,7 +29,7 @@ from .data import DatasetError
 from .devices import Device
 from .errors import DlasError
 from .engines import ENGINES
-from .evaluate import DeviceAccuracy, EvalSet, EvaluationError, eval_set, evaluate_on_device
+from .evaluate import TOPK, DeviceAccuracy, EvalSet, EvaluationError, eval_set, evaluate_on_device, score
 from .store import ResultRow, ResultStore
 from .toolchain import ToolchainError
 from .fleet.health import job_session
@@ -61,7 +61,7 @@ def host_env() -> dict[str, Any]:
 def base_row(spec: BuildSpec, device: Device, system: str) -> ResultRow:
     policy = spec.policy
     is_tvm = system == "tvm"
-    return ResultRow(
+    row = ResultRow(
         dataset=spec.dataset, model=spec.model, system=system, device=device.name, batch=spec.batch,
         pruning=_pruning_label(spec), quantization=spec.quantize or "float32",
         algorithm=policy.algorithm if is_tvm else "n/a", layout=policy.layout if is_tvm else "n/a",
@@ -70,6 +70,8 @@ def base_row(spec: BuildSpec, device: Device, system: str) -> ResultRow:
         tuning=spec.tuning if is_tvm else "n/a", target=json.dumps(device.target, sort_keys=True),
         threads=device.threads,
     )
+    record_model(row, spec)
+    return row
 
 
 def apply_manifest(row: ResultRow, spec: BuildSpec, layers: list[Any]) -> None:
@@ -89,6 +91,20 @@ def apply_manifest(row: ResultRow, spec: BuildSpec, layers: list[Any]) -> None:
     for key, value in labels.items():
         setattr(row, key, value)
     row.built, row.manifest = mf.summary(layers), mf.to_dicts(layers)
+
+
+def record_model(row: ResultRow, spec: BuildSpec) -> None:
+    """The stored model's lineage on the row (``extra["model"]``): its base and how it was derived."""
+    if spec.optimized_model:
+        from .optimize import modelstore  # noqa: PLC0415
+
+        try:
+            row.extra["model"] = modelstore.lineage(modelstore.load(spec.optimized_model).meta)
+        except modelstore.ModelStoreError:
+            return  # the build reports the unknown model itself
+        stored = row.extra["model"].get("sparsity")
+        if isinstance(stored, (int, float)) and not row.sparsity:
+            row.sparsity = float(stored)  # a TVM build's manifest says what it stored; a framework runs this
 
 
 def _pruning_label(spec: BuildSpec) -> str:
@@ -191,8 +207,9 @@ def eval_set_for(spec: BuildSpec, n: int) -> EvalSet:
     return eval_set(spec.dataset, n, preprocessing=prep)
 
 
-def record_accuracy(row: ResultRow, acc: DeviceAccuracy, batch: int) -> None:
-    """Top-1/top-5 of the timed artifact on the device, with the evidence needed to trust and compare them."""
+def record_accuracy(row: ResultRow, acc: DeviceAccuracy, batch: int, timed_transfer: bool = True) -> None:
+    """Top-1/top-5 of the timed artifact on the device, with the evidence needed to trust and compare them.
+    ``timed_transfer``: the run timed host<->device copies apart from compute (agents do; engines don't)."""
     row.top1, row.top5 = acc.top1, acc.top5
     row.eval_images, row.eval_fingerprint = acc.images, acc.fingerprint
     record = acc.record()
@@ -202,7 +219,7 @@ def record_accuracy(row: ResultRow, acc: DeviceAccuracy, batch: int) -> None:
         record["vs_timed_latency"] = round(predicted_s / acc.compute_s, 4)
         record["vs_timed_latency_end_to_end"] = round(predicted_s / acc.wall_s, 4) if acc.wall_s else None
     row.extra["eval"] = record
-    if acc.images:  # per image, timed on the agent: what host<->device copies cost next to the model
+    if acc.images and timed_transfer:  # per image, timed on the agent: what host<->device copies cost next to the model
         row.extra["compute_ms"] = round(1e3 * acc.compute_s / acc.images, 6)
         row.extra["transfer_ms"] = round(1e3 * acc.transfer_s / acc.images, 6)
 
@@ -228,21 +245,24 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
     else:
         progress(f"timing {engine} in a fresh process")
         try:
+            evals = eval_set_for(spec, opts.eval_images) if opts.eval_images is not None else None
             # the baseline is a timing on this machine: it holds the machine exclusively, and the meter
             # (this process + the engine's, which it waits for) sees what else ran during the run
             with device_lock(device, lock_wait_s(), purpose=f"timing {engine} {spec.model}/{spec.dataset}"), \
                     LoadMeter() as meter:
-                samples, outputs = run_engine_process(engine, spec, device.threads, opts,
-                                                      device=device.runtime_device)
+                samples, outputs, picked = run_engine_process(engine, spec, device.threads, opts,
+                                                              device=device.runtime_device, evals=evals)
             stats = summarize(samples)
             stats.warnings += load_warnings(meter.result)
             row.set_stats(stats)
             record_load(row, meter.result)
+            if evals is not None and picked is not None:
+                record_accuracy(row, engine_accuracy(evals, *picked), spec.batch, timed_transfer=False)
             if opts.check:
                 row.max_abs_err = max_abs_err(outputs, reference_outputs(spec))
         except EngineSkipped as exc:
             row.status, row.error = "skipped", str(exc)
-        except (RuntimeError, OSError) as exc:  # DeviceBusy is an AgentError, a RuntimeError
+        except (RuntimeError, OSError, ValueError, DatasetError) as exc:  # DeviceBusy is a RuntimeError
             row.status, row.error = "error", str(exc)
     store.add(row)
     return row
@@ -252,14 +272,27 @@ class EngineSkipped(RuntimeError):
     pass
 
 
+def engine_accuracy(evals: EvalSet, topk: np.ndarray, compute_s: float) -> DeviceAccuracy:
+    """Score a framework baseline's top-k over ``evals`` (run in the engine's process, on this machine)."""
+    if len(topk) != len(evals):
+        raise EvaluationError(f"the engine returned {len(topk)} predictions for {len(evals)} images")
+    top1, top5, c1, c5 = score(topk, evals.labels)
+    return DeviceAccuracy(top1, top5, len(evals), evals.fingerprint, c1, c5, compute_s, 0.0, compute_s, topk)
+
+
 def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOptions, timeout_s: float = 1800,
-                       device: str = "cpu") -> tuple[list[float], list[np.ndarray]]:
+                       device: str = "cpu", evals: EvalSet | None = None
+                       ) -> tuple[list[float], list[np.ndarray], tuple[np.ndarray, float] | None]:
+    """(samples in ms, outputs, (top-k over ``evals``, seconds in the model) or None) of one engine run."""
     payload = spec.to_dict()
     payload["_run"] = {"threads": threads, "number": opts.number, "repeat": opts.repeat, "warmup": opts.warmup}
     env = dict(os.environ, DLAS_ENGINE_DEVICE=device)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
+        if evals is not None:
+            np.save(Path(tmp) / "eval.npy", evals.images)
+            payload["_run"]["eval"] = {"images": str(Path(tmp) / "eval.npy"), "batch": spec.batch, "k": TOPK}
         out = Path(tmp) / "outputs.npz"
         proc = subprocess.run([sys.executable, "-m", "dlas_host.engines.run", engine, json.dumps(payload), str(out)],
                               capture_output=True, text=True, timeout=timeout_s, env=env)
@@ -271,5 +304,6 @@ def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOpti
         if not reply["ok"]:
             raise (EngineSkipped if reply.get("skipped") else RuntimeError)(f"{engine}: {reply['error']}")
         with np.load(out) as npz:
-            outputs = [npz[f"out{i}"] for i in range(len(npz.files))]
-    return reply["samples_ms"], outputs
+            outputs = [npz[f"out{i}"] for i in range(len(npz.files)) if f"out{i}" in npz.files]
+            picked = (npz["topk"], float(reply["eval_compute_s"])) if "topk" in npz.files else None
+    return reply["samples_ms"], outputs, picked

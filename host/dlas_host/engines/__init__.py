@@ -1,6 +1,7 @@
 """Framework baselines, each timed in a fresh process with the device's thread count.
 
-An engine module exposes ``run(spec, threads, number, repeat, warmup) -> (samples_ms, outputs)`` and is
+An engine module exposes ``run(spec, threads, number, repeat, warmup) -> (samples_ms, outputs, predict)``
+(``predict``: a batch of images -> logits, for accuracy on the same loaded model) and is
 started as ``python -m dlas_host.engines.run ENGINE`` so no two engines ever share a process (onnxruntime's
 spinning threads make other engines in the same process look slower).
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import EngineUnavailable
-from .torch_eager import time_callable
+from .torch_eager import Predict, time_callable
 
 ENGINE = "onnxruntime"  # the system name in results and sweeps (discovered by engines/__init__)
 
@@ -27,7 +27,7 @@ def export_onnx(model, inputs, path: Path) -> None:
                               opset_version=17)
 
 
-def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray]]:
+def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray], Predict]:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -57,7 +57,12 @@ def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    feed = {session.get_inputs()[0].name: arrays[0]}
+    name = session.get_inputs()[0].name
+    feed = {name: arrays[0]}
     outputs = session.run(None, feed)
     samples = time_callable(lambda: session.run(None, feed), number, repeat, warmup)
-    return samples, [np.asarray(outputs[0])]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: batch})[0])
+
+    return samples, [np.asarray(outputs[0])], predict

@@ -11,12 +11,12 @@ import os
 import numpy as np
 
 from . import EngineUnavailable
-from .torch_eager import time_callable
+from .torch_eager import Predict, time_callable
 
 ENGINE = "torch_compile"  # the system name in results and sweeps (discovered by engines/__init__)
 
 
-def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray]]:
+def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray], Predict]:
     import torch
 
     from ..compile import build_torch_model, example_inputs
@@ -43,4 +43,9 @@ def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list
             torch.cuda.synchronize()
 
     samples = time_callable(call, number, repeat, max(warmup, 3))
-    return samples, [out.detach().cpu().numpy()]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return compiled(torch.from_numpy(batch).to(device)).detach().cpu().numpy()
+
+    return samples, [out.detach().cpu().numpy()], predict

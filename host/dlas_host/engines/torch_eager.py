@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
 ENGINE = "torch"  # the system name in results and sweeps (discovered by engines/__init__)
+Predict = Callable[[np.ndarray], np.ndarray]  # a batch of images (the spec's batch size) -> logits
 
 
 def time_callable(fn, number: int, repeat: int, warmup: int) -> list[float]:
@@ -22,7 +24,7 @@ def time_callable(fn, number: int, repeat: int, warmup: int) -> list[float]:
     return samples
 
 
-def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray]]:
+def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list[float], list[np.ndarray], Predict]:
     import torch
 
     from ..compile import build_torch_model, example_inputs
@@ -34,4 +36,9 @@ def run(spec, threads: int, number: int, repeat: int, warmup: int) -> tuple[list
     with torch.inference_mode():
         out = model(*inputs)
         samples = time_callable(lambda: model(*inputs), number, repeat, warmup)
-    return samples, [out.numpy()]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return samples, [out.numpy()], predict

@@ -287,6 +287,23 @@ def load(model_id: str) -> StoredModel:
     return StoredModel(path.name, path, meta)
 
 
+def lineage(meta: dict) -> dict:
+    """What a result row records of its stored model: which model it is, what it was derived from and how
+    (the report measures each compression's accuracy against its base with this)."""
+    from .spec import PruneSpec, SpecError  # noqa: PLC0415
+
+    prune = meta.get("prune")
+    if isinstance(prune, dict):
+        try:
+            prune = PruneSpec(**{k: tuple(v) if isinstance(v, builtins.list) else v for k, v in prune.items()}).text()
+        except (TypeError, SpecError):
+            prune = str(prune)
+    out = {"id": meta.get("id"), "name": meta.get("name"), "base_id": meta.get("base_id"),
+           "source": meta.get("source"), "prune": prune, "finetune": meta.get("finetune"),
+           "quantize": meta.get("quantize"), "sparsity": meta.get("sparsity")}
+    return {k: v for k, v in out.items() if v not in (None, "", {})}
+
+
 def list_models() -> list[dict]:
     out = []
     for p in sorted(root().iterdir()):

@@ -14,11 +14,12 @@ QUANTIZATION = "quantization-native"
 SPARSE = "sparse-crossover"
 COMPRESSION = "compression-hardware"
 CORRELATION = "correlation"
+ACCURACY = "accuracy-cost"
 TRANSFER = "transfer-share"
 UNSTABLE = "unstable"
 FAILURES = "failures"
 
-DLAS_KINDS = (BEST_SYSTEM, ALGORITHM, TUNING, QUANTIZATION, SPARSE, COMPRESSION, CORRELATION, TRANSFER)
+DLAS_KINDS = (BEST_SYSTEM, ALGORITHM, TUNING, QUANTIZATION, SPARSE, COMPRESSION, ACCURACY, CORRELATION, TRANSFER)
 QUALITY_KINDS = (UNSTABLE, FAILURES)
 TITLES = {
     BEST_SYSTEM: "Best system per device",
@@ -27,6 +28,7 @@ TITLES = {
     QUANTIZATION: "Quantized types and native hardware support",
     SPARSE: "Sparse formats: the per-device crossover",
     COMPRESSION: "Compression speedups depend on the hardware",
+    ACCURACY: "Accuracy cost of each compression",
     CORRELATION: "Size, accuracy and latency",
     TRANSFER: "Host-device transfer share of end-to-end time",
     UNSTABLE: "Unstable timings",

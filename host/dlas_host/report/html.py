@@ -94,7 +94,8 @@ def _header(page: Page) -> list[str]:
            f"<p>{len(page.rows)} result rows on {len(page.devices)} device(s) ({escape(devices)}); "
            f"{escape(statuses)}. {len(page.findings)} finding(s). Generated {escape(page.stamp)}.</p>",
            "<nav>" + " ".join(_a(t, x) for t, x in (("sweep", "Sweep"), ("devices", "Devices"),
-                                                     ("findings", "Findings"), ("quality", "Data quality"),
+                                                     ("findings", "Findings"), ("accuracy", "Accuracy"),
+                                                     ("quality", "Data quality"),
                                                      ("figures", "Figures"), ("method", "Method"),
                                                      ("rows", "Results"))) + "</nav>",
            "<h2 id='sweep'>Sweep</h2>"]
@@ -141,6 +142,13 @@ def render(page: Page) -> str:
              f"<style>{CSS}</style></head><body>", *_header(page), "<h2 id='findings'>Findings</h2>"]
     parts += _sections(page.dlas, page) or ["<p>No finding yet: compare more than one configuration of a layer "
                                            "(algorithms, systems, types, formats, devices) in one sweep.</p>"]
+    table = page.accuracy_table()
+    if table:
+        cols = list(table[0])
+        parts.append("<h2 id='accuracy'>Accuracy cost of each compression</h2><table><tr>"
+                     + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>" + "".join(
+                         "<tr>" + "".join(f"<td>{escape(r[c])}</td>" for c in cols) + "</tr>" for r in table)
+                     + "</table>")
     parts.append("<h2 id='quality'>Data quality</h2>")
     parts += _sections(page.quality, page) or ["<p>Every job produced a stable timing.</p>"]
     parts.append("<h2 id='figures'>Figures</h2>")

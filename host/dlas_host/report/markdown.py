@@ -62,6 +62,11 @@ def render(page: Page, out_dir: Path) -> str:
         md.append("")
     md += [f"- {k}: {_esc(v)}" for k, v in page.versions.items()] + ["", "## Findings", ""]
     md += _sections(page.dlas, page) or ["No finding yet.", ""]
+    table = page.accuracy_table()
+    if table:
+        cols = list(table[0])
+        md += ["## Accuracy cost of each compression", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        md += ["| " + " | ".join(_esc(r[c]) for c in cols) + " |" for r in table] + [""]
     md += ["## Data quality", ""]
     md += _sections(page.quality, page) or ["Every job produced a stable timing.", ""]
     md += ["## Figures", ""]

@@ -13,6 +13,7 @@ from .findings import DLAS_KINDS, QUALITY_KINDS, Finding
 from .plots import Figure, make_figures
 from .rows import Meas, prepare
 from .rules import RULES
+from .rules.accuracy import Drop, base_name, drops
 from .summary import summarise
 from .stats import ALPHA, BOOTSTRAP, CONFIDENCE, MIN_EFFECT, MIN_POINTS, MIN_SAMPLES
 
@@ -28,7 +29,10 @@ METHOD = (
     f"of the same sweep that agree on every other dimension (as the build manifest labels them) are compared; "
     f"sparse builds are compared with the same pruned model built dense, at the sparsity the manifest stored. "
     f"Timings flagged unstable are used but marked. Correlations are Spearman's rank correlation over at least "
-    f"{MIN_POINTS} builds (exact permutation p-value up to 7 builds).")
+    f"{MIN_POINTS} builds (exact permutation p-value up to 7 builds). Accuracy drops compare a compressed "
+    f"build's top-1 with its base's (the uncompressed float32 dense build of the model it was derived from) on "
+    f"the same device, system and evaluation images (same fingerprint), with Newcombe's 95 % interval for a "
+    f"difference of proportions; a drop is stated only when that interval excludes 0.")
 
 
 @dataclass
@@ -41,7 +45,21 @@ class Page:
     sweeps: list[dict[str, Any]]
     devices: list[dict[str, str]]
     versions: dict[str, str]
+    drops: list[Drop] = field(default_factory=list)
     stamp: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    def accuracy_table(self) -> list[dict[str, str]]:
+        """Each compression's top-1 against its base's, same device, system and images (one dict per row)."""
+        out = []
+        for d in self.drops:
+            out.append({
+                "device": d.cand["device"], "system": d.cand["system"],
+                "base": f"#{d.base.id} {base_name(d.base)}", "base top-1": f"{100 * d.base.top1:.2f} %",
+                "compressed": f"#{d.cand.id} {d.label}", "top-1": f"{100 * d.cand.top1:.2f} %",
+                "drop (points)": f"{100 * d.drop:+.2f}", "95 % CI": f"{100 * d.low:+.1f} to {100 * d.high:+.1f}",
+                "images": str(d.cand.eval_images), "verdict": ("lost accuracy" if d.drop > 0 else "gained accuracy")
+                if d.significant else "no significant change"})
+        return out
 
     @property
     def statuses(self) -> dict[str, int]:
@@ -72,7 +90,7 @@ def build(rows: list[Mapping[str, Any]], title: str, sweeps: list[dict[str, Any]
     meas = prepare(rows)
     findings = summarise([f for rule in RULES for f in rule(meas)])
     return Page(title, rows, meas, findings, make_figures(meas, findings), list(sweeps or []),
-                context.devices(meas), context.versions(meas))
+                context.devices(meas), context.versions(meas), drops(meas))
 
 
 def cell(value: Any) -> str:

@@ -52,7 +52,7 @@ def config_label(m: Meas, exclude: Collection[str] = (), asked: bool = False) ->
     parts = [f"{a['model']}/{a['dataset']}"]
     optional = [
         ("batch", f"batch {a['batch']}", a["batch"] != 1),
-        ("pruning", f"pruned {a['pruning']}", a["pruning"] != "none"),
+        ("pruning", model_label(m), a["pruning"] != "none"),
         ("quantization", a["quantization"], True),
         ("system", a["system"], a["system"] != "tvm"),
         ("algorithm", a["algorithm"], a["system"] == "tvm" and a["algorithm"] != "n/a"),
@@ -64,6 +64,16 @@ def config_label(m: Meas, exclude: Collection[str] = (), asked: bool = False) ->
     ]
     parts += [text for axis, text, shown in optional if shown and axis not in exclude]
     return ", ".join(parts)
+
+
+def model_label(m: Meas) -> str:
+    """The pruning a row's model had, in words: its stored lineage's prune spec, else its name, else the label."""
+    lin, pruning = m.lineage, m.axes["pruning"]
+    if lin.get("prune"):
+        return f"pruned {lin['prune']}"
+    if pruning.startswith("model:"):
+        return f"model {lin.get('name') or pruning[len('model:'):]}"
+    return f"pruned {pruning}"
 
 
 def system_label(m: Meas) -> str:

@@ -69,6 +69,10 @@ class Meas:
     host_env: dict[str, Any]
     superseded: bool  # an attempt a later run of the same sweep job replaced (the store's ``superseded_by``)
     row: Row = field(repr=False)
+    eval_images: int = 0  # images behind top1/top5 (0: no accuracy)
+    eval_fingerprint: str = ""  # which images: accuracies compare only on the same fingerprint
+    hits1: int | None = None  # top-1 hits the evaluation counted (else derived from top1)
+    lineage: dict[str, Any] = field(default_factory=dict)  # the stored model: id, base_id, prune, finetune
 
     @property
     def ok(self) -> bool:
@@ -254,7 +258,20 @@ def measure(row: Mapping[str, Any], index: int = 0) -> Meas:
         sweep_id=_text(row.get("sweep_id"), ""), error=_text(row.get("error"), ""), built=_text(row.get("built"), ""),
         device_env=_dict(row.get("device_env")), host_env=_dict(row.get("host_env")),
         superseded=_finite(row.get("superseded_by")) is not None, row=dict(row),
+        **_accuracy_evidence(row, extra, top1),
     )
+
+
+def _accuracy_evidence(row: Mapping[str, Any], extra: Mapping[str, Any], top1: float | None) -> dict[str, Any]:
+    """How many images, which ones, how many hits, and the stored model behind a row's accuracy."""
+    n = _finite(row.get("eval_images"))
+    images = int(n) if n is not None and n >= 1 and top1 is not None and 0 <= top1 <= 1 else 0
+    hits = _finite(_dict(extra.get("eval")).get("hits1"))
+    hits1 = int(hits) if hits is not None and images and 0 <= hits <= images else (
+        round(top1 * images) if images and top1 is not None else None)
+    lineage = {str(k): v for k, v in _dict(extra.get("model")).items()}
+    return {"eval_images": images, "eval_fingerprint": _text(row.get("eval_fingerprint"), "") if images else "",
+            "hits1": hits1, "lineage": lineage}
 
 
 def prepare(rows: Iterable[Mapping[str, Any] | Meas]) -> list[Meas]:

@@ -141,6 +141,27 @@ def spearman(x: np.ndarray, y: np.ndarray) -> Correlation | None:
     return Correlation(rho, p if math.isfinite(p) else 1.0, n, False)
 
 
+def wilson(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / n`` (95 % by default)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_drop(base_hits: int, base_n: int, hits: int, n: int) -> tuple[float, float, float]:
+    """(drop, low, high): base accuracy minus candidate accuracy with Newcombe's 95 % interval (the hybrid
+    Wilson score method for two proportions). Two builds scored on the same images are positively correlated,
+    so this unpaired interval is conservative: a drop it excludes from 0 is real."""
+    p1, p2 = base_hits / base_n, hits / n
+    l1, u1 = wilson(base_hits, base_n)
+    l2, u2 = wilson(hits, n)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
 # ------------------------------------------------------------------------------------------ wording
 def fmt_ms(ms: float | None) -> str:
     if ms is None or not math.isfinite(ms):

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..findings import Finding
 from ..rows import Meas, prepare
+from .accuracy import accuracy_cost
 from .algorithm import algorithms
 from .compression import compression_by_device
 from .correlation import correlations
@@ -20,7 +21,7 @@ Rule = Callable[[list[Meas]], list[Finding]]
 
 RULES: list[Rule] = [
     best_system, algorithms, tuning_changes_best, quantization_native, sparse_crossover, compression_by_device,
-    correlations, transfer_share, unstable_timings, failures,
+    accuracy_cost, correlations, transfer_share, unstable_timings, failures,
 ]
 
 
