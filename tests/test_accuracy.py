@@ -22,10 +22,18 @@ def test_chunks_fill_whole_batches_and_scoring_drops_the_padding():
 
 
 def test_eval_set_is_fixed_and_fingerprinted():
+    from dlas_host.evaluate import subset
+
     a, b, c = eval_set("digits", 50), eval_set("digits", 50), eval_set("digits", 51)
     assert a.fingerprint == b.fingerprint != c.fingerprint
-    assert np.array_equal(a.images, c.images[:50]) and a.images.dtype == np.float32
-    assert len(eval_set("digits", 0)) == 359  # 0: the whole test split
+    assert np.array_equal(a.images, b.images) and a.images.dtype == np.float32 and len(c) == 51
+    whole = eval_set("digits", 0)
+    assert len(whole) == 359 and len(eval_set("digits", 10_000)) == 359  # 0 or more: the whole test split
+    picked = subset(359, 50)
+    assert np.array_equal(a.images, whole.images[picked]) and np.array_equal(a.labels, whole.labels[picked])
+    # a split stored class by class (ImageNet class folders): a subset still spans the classes
+    by_class = np.repeat(np.arange(100), 500)
+    assert len(set(by_class[subset(len(by_class), 1000)])) > 95 and subset(10, 3) == subset(10, 3)
 
 
 def _torch_hits(entry_id: str, evals: EvalSet) -> np.ndarray:
@@ -121,3 +129,50 @@ def test_framework_baselines_carry_accuracy_on_the_same_images(local_device, tmp
         assert "transfer_ms" not in row.extra  # nothing timed the copies apart: no transfer share is claimed
     stored = {r["system"]: r for r in store.query({})}
     assert stored["torch"]["top1"] == rows["torch"].top1 and stored["onnxruntime"]["eval_images"] == 40
+
+
+@pytest.mark.slow
+def test_imported_weights_with_their_own_crop_are_built_and_scored_at_that_size(local_device, tmp_path, monkeypatch):
+    """Published weights evaluated at another crop than 224 (e.g. 240): `models import --crop` stores it, the
+    artifact takes inputs of that side, and the device scores images made with the same recipe (here 64)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dlas_host import zoo
+    from dlas_host.bench import RunOptions, bench_tvm
+    from dlas_host.cli import _register_subcommands, app
+    from dlas_host.compile import BuildSpec, example_inputs, with_stored_model
+    from dlas_host.data.synsets import STANDARD
+    from dlas_host.store import ResultStore
+
+    monkeypatch.setenv("DLAS_DATA_DIR", str(tmp_path / "data"))
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        for split in ("train", "val"):
+            d = tmp_path / "imnet" / split / STANDARD[c]
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)).save(d / f"{i}.JPEG")
+    monkeypatch.setenv("DLAS_IMAGENET_DIR", str(tmp_path / "imnet"))
+    weights = tmp_path / "r18.pth"
+    torch.save(zoo.create("resnet18", "imagenet", seed=5).state_dict(), weights)
+    _register_subcommands()
+    runner = CliRunner()
+    bad = runner.invoke(app, ["models", "import", str(weights), "--model", "resnet18", "--dataset", "imagenet",
+                              "--crop", "0"])
+    assert bad.exit_code != 0 and "crop" in bad.output and "Traceback" not in bad.output
+    result = runner.invoke(app, ["models", "import", str(weights), "--model", "resnet18", "--dataset", "imagenet",
+                                 "--resize", "73", "--crop", "64", "--name", "r18-64"])
+    assert result.exit_code == 0, result.output
+
+    spec = with_stored_model(BuildSpec(model="resnet18", dataset="imagenet", optimized_model="r18-64"))
+    assert spec.image_size == 64 and example_inputs(spec)[0].shape == (1, 3, 64, 64)
+    row = bench_tvm(spec, local_device, ResultStore(tmp_path / "r.sqlite"),
+                    RunOptions(number=1, repeat=3, warmup=1, eval_images=0))
+    assert row.status == "ok", row.error
+    evals = eval_set("imagenet", 0, preprocessing={"resize": 73, "crop": 64, "image_size": 64})
+    assert evals.images.shape == (9, 3, 64, 64) and row.eval_fingerprint == evals.fingerprint
+    net = zoo.create("resnet18", "imagenet", seed=5).eval()
+    with torch.no_grad():
+        hits = int((net(torch.from_numpy(evals.images)).argmax(1).numpy() == evals.labels).sum())
+    assert row.extra["eval"]["hits1"] == hits and row.max_abs_err < 1e-3

@@ -195,6 +195,18 @@ def test_two_data_dirs_and_two_names_of_this_machine_exclude_each_other(local_de
     assert lock_path(local_device).parent == tmp_path / "locks"  # not under either data dir
     states = describe_locks(devices=[local_device, _renamed(local_device, "bench-box")])
     assert set(states) == {"local", "bench-box"} and all("test timing" in v for v in states.values())
+    # `devices list` shows it against every name of this machine, not only the name the holder asked for
+    from typer.testing import CliRunner
+
+    from dlas_host.cli import app
+
+    two = tmp_path / "two.yaml"
+    two.write_text("devices:\n  local:\n    arch: x86_64\n    target: {kind: llvm}\n    connection: {type: local}\n"
+                   "  bench-box:\n    arch: x86_64\n    target: {kind: llvm}\n    connection: {type: local}\n")
+    listed = CliRunner().invoke(app, ["devices", "list", "--devices", str(two), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {d["name"]: "test timing" in d["lock"] for d in json.loads(listed.output)} == {"local": True,
+                                                                                         "bench-box": True}
     holders[0].release()
     with device_lock(_renamed(local_device, "bench-box"), wait_s=10):
         pass

@@ -103,3 +103,55 @@ def test_optimize_refuses_a_base_of_another_model(tmp_path, monkeypatch, base):
                name=base, progress=False)
     result = _invoke("optimize", "--model", "mobilenet_v2", "--dataset", "digits", "--base", base)
     assert result.exit_code != 0 and "not mobilenet_v2/digits" in result.output
+
+
+def test_a_sweep_waits_for_a_missing_named_base_and_resumes_once_it_is_imported(registry, tmp_path, monkeypatch):
+    """A base named in `bases:` but not stored: its jobs are skipped as retryable with the command that fixes
+    it; once imported under that name, `sweep resume` runs them (nothing is lost, nothing is re-run twice)."""
+    from rich.console import Console
+
+    from dlas_host import zoo
+    from dlas_host.store import ResultStore
+    from dlas_host.sweep.runner import run_sweep, start_sweep
+    from dlas_host.sweep.spec import parse_spec
+
+    monkeypatch.setenv("DLAS_DATA_DIR", str(tmp_path))
+    spec = parse_spec("name: b\nbases: {resnet18/digits: my-digits-net}\n"
+                      "grid: {devices: [local], datasets: [digits], models: [resnet18], systems: [torch]}\n"
+                      "run: {number: 1, repeat: 3, warmup: 0, eval_images: 20}\n")
+    store = ResultStore(tmp_path / "r.sqlite")
+    sweep_id = start_sweep(spec, registry, store)
+    counts = run_sweep(sweep_id, registry, store, console=Console(stderr=True), show_progress=False)
+    [row] = store.query({"sweep_id": sweep_id})
+    assert counts == {"retryable": 1} and row["status"] == "skipped" and row["extra"]["retryable"] is True
+    assert "no base 'my-digits-net' for resnet18/digits" in row["error"] and "--name my-digits-net" in row["error"]
+
+    path = tmp_path / "w.pth"
+    torch.save(zoo.create("resnet18", "cifar10", seed=1).state_dict(), path)
+    result = _invoke("models", "import", str(path), "--model", "resnet18", "--dataset", "digits",
+                     "--name", "my-digits-net")
+    assert result.exit_code == 0, result.output
+    counts = run_sweep(sweep_id, registry, store, console=Console(stderr=True), show_progress=False)
+    [row] = store.query({"sweep_id": sweep_id}, current=True)
+    assert counts.get("ok") == 1 and row["status"] == "ok" and row["eval_images"] == 20
+    assert row["extra"]["model"]["name"] == "my-digits-net"
+
+
+def test_a_stored_model_benched_for_another_dataset_is_one_error_row(local_device, tmp_path, monkeypatch):
+    from dlas_host import zoo
+    from dlas_host.bench import bench_engine, bench_tvm
+    from dlas_host.compile import BuildSpec
+    from dlas_host.store import ResultStore
+
+    monkeypatch.setenv("DLAS_DATA_DIR", str(tmp_path))
+    path = tmp_path / "d.pth"
+    torch.save(zoo.create("resnet18", "cifar10", seed=1).state_dict(), path)
+    assert _invoke("models", "import", str(path), "--model", "resnet18", "--dataset", "digits").exit_code == 0
+    store = ResultStore(tmp_path / "r.sqlite")
+    spec = BuildSpec(model="resnet18", dataset="cifar10", optimized_model="d")  # stored as resnet18/digits
+    rows = [bench_tvm(spec, local_device, store), bench_engine("torch", spec, local_device, store)]
+    for row in rows:
+        assert row.status == "error" and "\n" not in row.error
+        assert row.error == ("stored model d is resnet18/digits, not resnet18/cifar10: give --model resnet18 "
+                             "--dataset digits"), row.error
+    assert [r["status"] for r in store.query({})] == ["error", "error"]

@@ -23,8 +23,12 @@ def test_presets_expand(registry):
     quick = expand(load_spec("quick"), registry)
     assert len(quick) == 15 and {j.system for j in quick} == {"tvm", "torch", "onnxruntime"}
     assert sum(j.system == "tvm" for j in quick) == 9 and {j.dataset for j in quick} == {"digits"}
-    paper = expand(load_spec("dlas-paper"), registry)
+    paper_spec = load_spec("dlas-paper")
+    paper = expand(paper_spec, registry)
     assert len(paper) == 1008
+    # the paper grid runs from trained (CIFAR-10) and imported (ImageNet) bases, with accuracy on every row
+    assert paper_spec.train is not None and paper_spec.run.eval_images and paper_spec.run.finetune_epochs
+    assert set(paper_spec.bases) == {f"{j.model}/imagenet" for j in paper}
     # Baselines do not vary the TVM-only dimensions, and sparse formats appear only with unstructured pruning.
     assert all(j.algorithm == "n/a" and j.tuning == "n/a" for j in paper if j.system != "tvm")
     assert {j.pruning for j in paper if j.sparse_format == "csr"} == {"unstructured:global:l1:0.8"}

@@ -24,7 +24,7 @@ from dlas_agent.stats import load_warnings, summarize
 from . import __version__
 from .cache import ArtifactCache
 from .compile import (BuildSpec, CapabilityMissing, CompileError, artifact_manifest, build_torch_model,
-                      compile_artifact, example_inputs, with_stored_quantization)
+                      compile_artifact, example_inputs, with_stored_model)
 from .data import DatasetError
 from .devices import Device
 from .errors import DlasError
@@ -146,7 +146,7 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
               timeouts: Timeouts | None = None, sweep_id: str = "", job_key: str = "") -> ResultRow:
     opts = opts or RunOptions()
     try:
-        spec = with_stored_quantization(spec)
+        spec = with_stored_model(spec)
     except DlasError as exc:  # an unknown or unreadable stored model: the row says why
         row = base_row(spec, device, "tvm")
         row.status, row.error, row.sweep_id, row.job_key = "error", str(exc), sweep_id, job_key
@@ -229,12 +229,15 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
     """Time a framework baseline in a fresh process (local device only: frameworks don't ship to agents)."""
     opts = opts or RunOptions()
     try:
-        spec = with_stored_quantization(spec)
-    except DlasError:
-        pass  # the engine reports the unknown model itself
+        spec = with_stored_model(spec)
+        problem = ""
+    except DlasError as exc:  # an unknown, unreadable or mismatched stored model: the row says why
+        problem = str(exc)
     row = base_row(spec, device, engine)
     row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
-    if engine not in ENGINES:
+    if problem:
+        row.status, row.error = "error", problem
+    elif engine not in ENGINES:
         row.status, row.error = "error", f"unknown engine {engine!r}; known: {', '.join(ENGINES)}"
     elif device.connection.type != "local":
         row.status = "skipped"

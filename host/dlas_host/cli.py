@@ -54,7 +54,7 @@ def devices_list(devices_file: Optional[Path] = DevicesOpt, as_json: bool = Json
     """List registered devices."""
     with user_errors():
         registry = _registry(devices_file)
-    locks = _lock_states()
+    locks = _lock_states(list(registry.devices.values()))
     if as_json:
         emit_json([{**dev.model_dump(mode="json"), "lock": locks.get(dev.name, "free")}
                    for dev in registry.devices.values()])
@@ -70,12 +70,14 @@ def devices_list(devices_file: Optional[Path] = DevicesOpt, as_json: bool = Json
     out.print(table)
 
 
-def _lock_states() -> dict[str, str]:
+def _lock_states(devices: list[Any]) -> dict[str, str]:
+    """Per device name: what holds it, by the name a holder asked for or by what the device physically is
+    (every name of this machine shows the timing or compiles that hold it)."""
     try:
         from .fleet.locks import describe_locks
     except ImportError:
         return {}
-    return describe_locks()
+    return {**describe_locks(), **describe_locks(devices=devices)}
 
 
 @devices_app.command("check")
@@ -191,7 +193,7 @@ def bench_cmd(
     number: int = typer.Option(3, min=1, help="runs per timing sample"),
     repeat: int = typer.Option(10, min=1, help="timing samples"),
     eval_images: Optional[int] = typer.Option(None, "--eval", min=0, help="also measure top-1/top-5 on the device "
-                                              "with the timed artifact over the first N test images (0: all)"),
+                                              "with the timed artifact over N test images (a fixed seeded subset; 0: all)"),
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
     devices_file: Optional[Path] = DevicesOpt,
     db: Optional[Path] = DbOpt,

@@ -96,11 +96,14 @@ def models_import(
     dataset: str = typer.Option(..., help="dataset the weights were trained on"),
     name: Optional[str] = typer.Option(None, help="store name (default: the file's stem)"),
     resize: Optional[int] = typer.Option(None, help="ImageNet evaluation resize of these weights (e.g. 232)"),
+    crop: Optional[int] = typer.Option(None, help="ImageNet centre crop = the model's input side (e.g. 240); "
+                                                  "builds and evaluations use it"),
     interpolation: Optional[str] = typer.Option(None, help="bilinear | bicubic (the weights' evaluation recipe)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Import user weights into the store (read as tensors only; checked against the architecture)."""
     from . import data, zoo
+    from .data.recipe import resolve as check_recipe
     from .optimize import modelstore
     from dlas_agent.runner import sha256_file
 
@@ -113,6 +116,9 @@ def models_import(
             if interpolation not in ("bilinear", "bicubic"):
                 raise typer.BadParameter(f"unknown interpolation {interpolation!r}; known: bilinear, bicubic")
             prep["interpolation"] = interpolation
+        if crop is not None:
+            prep["crop"] = prep["image_size"] = crop
+        check_recipe(dataset, prep)  # a recipe this code cannot honour is refused in one line
         entry = modelstore.save(net, {"base_model": model, "dataset": dataset, "prune": None, "quantize": None,
                                       "calibration": None, "source": "import", "name": name or checkpoint.stem,
                                       "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),

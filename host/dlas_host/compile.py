@@ -48,12 +48,15 @@ class BuildSpec:
     optimized_model: str | None = None  # id of a stored optimized (pruned/quantized) model
     tuning: str = "untuned"  # "untuned" | "tuned" (apply the tuning-records database)
     calib_samples: int = 8  # int8: seeded inputs the activation scales are calibrated on
+    image_size: int | None = None  # input side when a stored model's recipe differs from its dataset's (crop 240)
 
     def describe(self) -> dict[str, Any]:
         data = asdict(self)
         data["policy"] = self.policy.canonical()
         if self.quantize != "int8":
             data.pop("calib_samples")  # shapes nothing else: equal builds keep equal keys
+        if self.image_size is None:
+            data.pop("image_size")  # the dataset's own size: keys of earlier builds stay valid
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def quantize_for_build(model: Any, mod: Any, spec: BuildSpec) -> Any:
         batches = calibration_images(spec, n_batches)
         if batches is None:
             gen = torch.Generator().manual_seed(spec.seed + 1)
-            shape = zoo.input_shape(spec.dataset, spec.batch)
+            shape = zoo.input_shape(spec.dataset, spec.batch, spec.image_size)
             batches = [torch.randn(*shape, generator=gen) for _ in range(n_batches)]
         calibration = calibrate(zoo.fold_batchnorm(model), batches, samples=n_batches * spec.batch,
                                 method=qspec.calib_method, seed=spec.seed)
@@ -152,7 +155,7 @@ def calibration_images(spec: BuildSpec, n_batches: int) -> list[Any] | None:
 
 
 def example_inputs(spec: BuildSpec) -> list[np.ndarray]:
-    return [zoo.example_input(spec.dataset, spec.batch, seed=spec.seed).numpy()]
+    return [zoo.example_input(spec.dataset, spec.batch, seed=spec.seed, image_size=spec.image_size).numpy()]
 
 
 def import_relax(model: Any, inputs: list[np.ndarray]) -> Any:
@@ -223,13 +226,28 @@ def stored_quantization(spec: BuildSpec) -> str | None:
     return {"fp16": "float16", "bf16": "bfloat16"}.get(q["dtype"], q["dtype"]) if q else None
 
 
-def with_stored_quantization(spec: BuildSpec) -> BuildSpec:
-    """``spec`` labelled with the quantization its stored model carries when none was asked: a stored int8
-    model builds as int8, and its row must say so (the manifest check holds the build to it)."""
-    if spec.optimized_model and spec.quantize in (None, "float32"):
+def with_stored_model(spec: BuildSpec) -> BuildSpec:
+    """``spec`` as its stored model dictates: labelled with the quantization the model carries when none was
+    asked (a stored int8 model builds as int8, and its row must say so: the manifest check holds the build to
+    it), and built for the input size of the model's preprocessing recipe (published weights evaluated at
+    crop 240 take 240x240 inputs; evaluation images are made with the same recipe)."""
+    if not spec.optimized_model:
+        return spec
+    from .optimize import modelstore  # noqa: PLC0415 - optional layer
+
+    meta = modelstore.load(spec.optimized_model).meta
+    stored = (meta.get("base_model"), meta.get("dataset"))
+    if None not in stored and stored != (spec.model, spec.dataset):
+        raise CompileError(f"stored model {spec.optimized_model} is {stored[0]}/{stored[1]}, not "
+                           f"{spec.model}/{spec.dataset}: give --model {stored[0]} --dataset {stored[1]}")
+    if spec.quantize in (None, "float32"):
         stored = stored_quantization(spec)
         if stored:
-            return replace(spec, quantize=stored)
+            spec = replace(spec, quantize=stored)
+    prep = meta.get("preprocessing") or {}
+    side = prep.get("image_size") if isinstance(prep, dict) else None
+    if isinstance(side, int) and side > 0 and side != zoo.dataset(spec.dataset).image_size:
+        spec = replace(spec, image_size=side)
     return spec
 
 
@@ -298,7 +316,7 @@ def _lower_and_compile(mod: Any, spec: BuildSpec, device: Device, target: Any, q
 def compile_artifact(spec: BuildSpec, device: Device, cache: ArtifactCache | None = None,
                      force: bool = False) -> Artifact:
     cache = cache or ArtifactCache()
-    spec = with_stored_quantization(spec)
+    spec = with_stored_model(spec)
     key = build_key(spec, device)
     if not force:
         hit = cache.get(key)

@@ -1,7 +1,8 @@
 """Accuracy on the device: a fixed, fingerprinted evaluation set, and top-k scoring of what the agent returns.
 
-The evaluation set is the first ``n`` images of the dataset's test split in their stored order, preprocessed
-exactly as for training; its fingerprint (dataset, count, sha256 of the image and label bytes) goes on the
+The evaluation set is the whole test split, or a fixed subset of ``n`` of its images (the same seeded draw
+every time, kept in stored order: a split stored class by class, as ImageNet class folders are, still gives
+every class its share), preprocessed exactly as for training; its fingerprint (dataset, count, sha256 of the image and label bytes) goes on the
 result row, so two rows' accuracies are comparable only when their fingerprints match. The agent runs the
 very artifact it timed over these images and returns top-k class indices; scoring happens here.
 """
@@ -46,15 +47,17 @@ class EvalSet:
 
 
 def eval_set(dataset: str, n: int, data_dir: Path | None = None, preprocessing: dict | None = None) -> EvalSet:
-    """The first ``n`` test images of ``dataset`` (all of them when ``n`` is 0 or larger than the split),
-    preprocessed with the model's stored recipe when given (published weights differ in resize/interpolation)."""
+    """``n`` test images of ``dataset`` (all of them when ``n`` is 0 or not smaller than the split; else a
+    fixed seeded draw, in stored order), preprocessed with the model's stored recipe when given (published
+    weights differ in resize/interpolation)."""
     import torch  # noqa: PLC0415
 
     from . import data  # noqa: PLC0415
 
     split = data.load(dataset, "test", data_dir, augment=False, preprocessing=preprocessing)
     count = len(split) if n <= 0 else min(n, len(split))  # type: ignore[arg-type]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(split, range(count)), batch_size=256)
+    picked = subset(len(split), count)  # type: ignore[arg-type]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(split, picked), batch_size=256)
     xs, ys = [], []
     for x, y in loader:
         xs.append(x.numpy().astype(np.float32))
@@ -65,6 +68,16 @@ def eval_set(dataset: str, n: int, data_dir: Path | None = None, preprocessing: 
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(labels.tobytes())
     return EvalSet(dataset, images, labels, h.hexdigest()[:16])
+
+
+SUBSET_SEED = 0  # part of what a fingerprint identifies: changing it changes every subset's fingerprint
+
+
+def subset(total: int, count: int) -> list[int]:
+    """Indices of the evaluation subset: all of them, or ``count`` drawn with a fixed seed, sorted."""
+    if count >= total:
+        return list(range(total))
+    return sorted(int(i) for i in np.random.default_rng(SUBSET_SEED).permutation(total)[:count])
 
 
 def score(topk: np.ndarray, labels: np.ndarray) -> tuple[float, float, int, int]:

@@ -92,9 +92,10 @@ def spec(name: str) -> ModelSpec:
         raise ZooError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def input_shape(dataset_name: str, batch: int = 1) -> tuple[int, int, int, int]:
-    ds = dataset(dataset_name)
-    return (batch, 3, ds.image_size, ds.image_size)
+def input_shape(dataset_name: str, batch: int = 1, image_size: int | None = None) -> tuple[int, int, int, int]:
+    """NCHW input of ``dataset_name``; ``image_size`` overrides the side (a stored model's recipe, e.g. crop 240)."""
+    side = image_size or dataset(dataset_name).image_size
+    return (batch, 3, side, side)
 
 
 def create(name: str, dataset_name: str, *, checkpoint: Path | str | None = None, seed: int = 0) -> nn.Module:
@@ -225,6 +226,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return fuse(model.eval(), inplace=False)
 
 
-def example_input(dataset_name: str, batch: int = 1, seed: int = 0) -> torch.Tensor:
+def example_input(dataset_name: str, batch: int = 1, seed: int = 0, image_size: int | None = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*input_shape(dataset_name, batch), generator=gen)
+    return torch.randn(*input_shape(dataset_name, batch, image_size), generator=gen)

@@ -117,12 +117,25 @@ def prepare_bases(jobs: list[Job], spec: SweepSpec | None, log: Callable[[str], 
             if named:
                 from ..optimize import modelstore  # noqa: PLC0415
 
-                entry = modelstore.load(named)
+                try:
+                    entry = modelstore.load(named)
+                except modelstore.ModelStoreError as exc:
+                    # the user imports or trains it, then resumes: its jobs are retried, not lost
+                    errors[key] = (f"no base {named!r} for {model}/{dataset}: {exc}; import it (dlas-host models "
+                                   f"import FILE --model {model} --dataset {dataset} --name {named}) or train it, "
+                                   "then resume the sweep", True)
+                    log(f"[yellow]no base[/] {model}/{dataset}: {errors[key][0][:200]}")
+                    continue
             elif spec.train:
-                from ..optimize.base_model import Recipe, train_base  # noqa: PLC0415
+                from ..optimize.base_model import Recipe, find_trained, train_base  # noqa: PLC0415
 
-                log(f"training the base {model}/{dataset} ({spec.train.epochs} epochs; reused if stored)")
-                entry = train_base(Recipe(model=model, dataset=dataset, **spec.train.model_dump()), progress=False)
+                recipe = Recipe(model=model, dataset=dataset, **spec.train.model_dump())
+                entry = find_trained(recipe)  # type: ignore[assignment]
+                if entry is None:
+                    log(f"training the base {model}/{dataset} ({spec.train.epochs} epochs; resumable)")
+                    entry = train_base(recipe, progress=False)
+                else:
+                    log(f"stored base {model}/{dataset}: {entry.meta.get('name') or entry.id}, not retrained")
             else:
                 continue
             if (entry.meta.get("base_model"), entry.meta.get("dataset")) != (model, dataset):

@@ -34,7 +34,7 @@ class RunSettings(BaseModel):
     quarantine_after: int = Field(3, ge=1)  # consecutive failed jobs that take a device out of the sweep
     calib_samples: int = Field(64, ge=1)
     tune_trials: int = Field(0, ge=0)  # > 0: tune every tuned job's model on its device first (dlas-host tune)
-    eval_images: Optional[int] = Field(None, ge=0)  # TVM jobs: accuracy on the device over N test images (0: all)
+    eval_images: Optional[int] = Field(None, ge=0)  # every job: top-1/top-5 over N test images (0: all)
     finetune_epochs: int = Field(0, ge=0)  # fine-tuning of pruned variants of a trained base (masks kept)
     finetune_lr: float = Field(0.01, gt=0)
 
