@@ -131,7 +131,6 @@ def test_framework_baselines_carry_accuracy_on_the_same_images(local_device, tmp
     assert stored["torch"]["top1"] == rows["torch"].top1 and stored["onnxruntime"]["eval_images"] == 40
 
 
-@pytest.mark.slow
 def test_imported_weights_with_their_own_crop_are_built_and_scored_at_that_size(local_device, tmp_path, monkeypatch):
     """Published weights evaluated at another crop than 224 (e.g. 240): `models import --crop` stores it, the
     artifact takes inputs of that side, and the device scores images made with the same recipe (here 64)."""

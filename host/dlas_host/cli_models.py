@@ -96,7 +96,7 @@ def models_import(
     dataset: str = typer.Option(..., help="dataset the weights were trained on"),
     name: Optional[str] = typer.Option(None, help="store name (default: the file's stem)"),
     resize: Optional[int] = typer.Option(None, help="ImageNet evaluation resize of these weights (e.g. 232)"),
-    crop: Optional[int] = typer.Option(None, help="ImageNet centre crop = the model's input side (e.g. 240); "
+    crop: Optional[int] = typer.Option(None, min=1, help="ImageNet centre crop = the model's input side (e.g. 240); "
                                                   "builds and evaluations use it"),
     interpolation: Optional[str] = typer.Option(None, help="bilinear | bicubic (the weights' evaluation recipe)"),
     as_json: bool = JsonOpt,

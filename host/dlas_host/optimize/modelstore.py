@@ -325,8 +325,11 @@ def relax_module(model_id: str, batch: int = 1):
     from .spec import QuantSpec
 
     entry = load(model_id)
-    ds = info(entry.meta["dataset"])
-    mod = to_relax(entry.load_model(), torch.zeros(batch, 3, ds.image_size, ds.image_size))
+    prep = entry.meta.get("preprocessing")
+    side = prep.get("image_size") if isinstance(prep, dict) else None  # its recipe's input side (crop 240)
+    if not isinstance(side, int) or side <= 0:
+        side = info(entry.meta["dataset"]).image_size
+    mod = to_relax(entry.load_model(), torch.zeros(batch, 3, side, side))
     q = entry.meta.get("quantize")
     if q:
         spec = QuantSpec(**q)
