@@ -11,15 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import arches
 from .paths import PROJECT_ROOT, sub_dir
 from .errors import DlasError
 
 AGENT_REQUIREMENTS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "psutil", "cloudpickle",
                       "typing_extensions>=4.13", "ml_dtypes"]
-PLATFORMS = {
-    "x86_64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
-    "aarch64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"],
-}
 # What a runtime-only agent can drop from the TVM wheel (relative to the installed tvm package).
 RUNTIME_ONLY_REMOVE = ["lib/libtvm_compiler.so"]
 CPU_ONLY_REMOVE = ["lib/libtvm_runtime_cuda.so"]
@@ -41,21 +38,28 @@ def build_agent_wheel(out_dir: Path) -> Path:
     return wheels[-1]
 
 
+def wheel_platforms(arch: str) -> list[str]:
+    """pip ``--platform`` tags of ``arch`` (from the arch table)."""
+    row = arches.ARCHES.get(arch)
+    if row is None:
+        raise BundleError(f"no agent bundle for arch {arch!r}; supported: {', '.join(arches.names())}")
+    return list(row.wheel_platforms)
+
+
 def bundle_dir(arch: str, python: str = "3.11") -> Path:
     return sub_dir("bundles") / f"{arch}-cp{python.replace('.', '')}"
 
 
 def build_bundle(arch: str, python: str = "3.11", refresh: bool = False) -> Path:
     """Directory with dlas-agent and all its dependency wheels for ``arch``/``python`` (cached)."""
-    if arch not in PLATFORMS:
-        raise BundleError(f"no agent bundle for arch {arch!r}; supported: {', '.join(PLATFORMS)}")
+    platforms = wheel_platforms(arch)
     target = bundle_dir(arch, python)
     target.mkdir(parents=True, exist_ok=True)
     have_tvm = any(target.glob("apache_tvm-*.whl"))
     if refresh or not have_tvm:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", python,
                "--implementation", "cp", "-d", str(target)]
-        for plat in PLATFORMS[arch]:
+        for plat in platforms:
             cmd += ["--platform", plat]
         proc = subprocess.run(cmd + AGENT_REQUIREMENTS, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import arches
 from .paths import default_devices_file
 from .errors import DlasError
 
@@ -56,6 +57,8 @@ DeviceWord = Annotated[str, _matching(_WORD_RE, "single path or command without 
                                                  "(letters, digits, _ . / ~ + @ : -)")]
 ImageRef = Annotated[str, _matching(_IMAGE_RE, "container image reference (letters, digits, _ . / : @ -)")]
 OneLine = Annotated[str, AfterValidator(_no_control_chars)]
+# Checked against the table when validated (not a Literal), so a new row in arches.py is all a new arch needs.
+ArchName = Annotated[str, AfterValidator(lambda value: arches.get(value).name)]
 
 
 class LocalConnection(_Strict):
@@ -99,7 +102,7 @@ class Device(_Strict):
     name: OneLine
     description: str = ""
     connection: Connection = LocalConnection()
-    arch: Literal["x86_64", "aarch64"]
+    arch: ArchName
     target: dict[str, Any]
     threads: int = Field(0, ge=0, le=4096)  # 0: all cores
     tags: tuple[str, ...] = ()

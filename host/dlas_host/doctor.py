@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import arches
+
 
 @dataclass
 class Check:
@@ -27,13 +29,22 @@ OPTIONAL = {
     "xgboost-cpu": "pip install xgboost-cpu (MetaSchedule cost model; not `xgboost`, whose NCCL clashes with torch)",
     "paramiko": "pip install paramiko (SSH fleet)",
 }
-TOOLS = {
-    "aarch64-linux-gnu-g++": ("cross-compiling for Arm devices", "apt-get install g++-aarch64-linux-gnu"),
+_TOOLS = {
     "nvcc": ("building CUDA device code", "install the CUDA toolkit (/usr/local/cuda/bin on PATH)"),
     "podman": ("building agent images", "apt-get install podman buildah"),
-    "qemu-aarch64-static": ("running the arm64 test device", "apt-get install qemu-user-static binfmt-support"),
     "sshd": ("the simulated SSH fleet in tests", "apt-get install openssh-server"),
 }
+
+
+def tools() -> dict[str, tuple[str, str]]:
+    """Tool -> (why, fix): the fixed ones plus, per arch foreign to this host, its cross compiler and qemu."""
+    found = dict(_TOOLS)
+    for arch in arches.ARCHES.values():
+        if arch.name != arches.host():
+            found[arch.cross_cxx] = (f"cross-compiling for {arch.label} devices", arch.cross_cxx_install)
+            found[arch.qemu_static] = (f"running the {arch.deb_arch} test device",
+                                       "apt-get install qemu-user-static binfmt-support")
+    return dict(sorted(found.items()))
 
 
 def _version(dist: str) -> str | None:
@@ -57,7 +68,7 @@ def run_checks() -> list[Check]:
     if _version("xgboost") and not _version("xgboost-cpu"):
         checks.append(Check("xgboost", "warn", "the NCCL build clashes with torch; fix: pip uninstall xgboost && "
                                                "pip install xgboost-cpu"))
-    for tool, (why, fix) in TOOLS.items():
+    for tool, (why, fix) in tools().items():
         path = shutil.which(tool) or (shutil.which(tool, path="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:/usr/sbin")
                                       if tool in ("nvcc", "sshd") else None)
         checks.append(Check(tool, "ok" if path else "warn", path or f"missing ({why}); fix: {fix}"))

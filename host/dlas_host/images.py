@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from . import arches
 from .errors import DlasError
 from .paths import PROJECT_ROOT
 
@@ -54,7 +54,7 @@ class ImageError(DlasError, RuntimeError):
 class Flavor:
     name: str
     dockerfile: str
-    arch: str  # bundle arch: x86_64 | aarch64
+    arch: str  # bundle arch: a name in arches.ARCHES
     python: str  # CPython version of the base image's python3 (the bundle must match it)
     base_image: str  # default base for online builds (the Dockerfile's BASE_IMAGE default)
     cuda: bool
@@ -66,23 +66,26 @@ class Flavor:
 
     @property
     def platform(self) -> str:
-        return "linux/arm64" if self.arch == "aarch64" else "linux/amd64"
+        return docker_platform(self.arch)
 
     @property
     def oci_arch(self) -> str:
-        return "arm64" if self.arch == "aarch64" else "amd64"
+        return deb_arch(self.arch)
 
 
+# One CPU-only flavor per row of the arch table (all built from Dockerfile.cpu), then the GPU flavors.
 FLAVORS: dict[str, Flavor] = {f.name: f for f in [
-    Flavor("cpu-x86_64", "Dockerfile.cpu", "x86_64", "3.11", "debian:bookworm-slim", False,
-           "x86_64 CPU servers and desktops"),
-    Flavor("cpu-arm64", "Dockerfile.cpu", "aarch64", "3.11", "debian:bookworm-slim", False,
-           "arm64 boards (Raspberry Pi 4/5, Arm servers), CPU only"),
+    *(Flavor(a.cpu_flavor, "Dockerfile.cpu", a.name, "3.11", "debian:bookworm-slim", False, a.cpu_flavor_description)
+      for a in arches.ARCHES.values()),
     Flavor("cuda-x86_64", "Dockerfile.cuda", "x86_64", "3.12", "nvidia/cuda:13.0.0-base-ubuntu24.04", True,
            "x86_64 servers with NVIDIA GPUs (H100 class); needs the NVIDIA container toolkit"),
     Flavor("jetson", "Dockerfile.jetson", "aarch64", "3.12", "nvcr.io/nvidia/l4t-jetpack:r38.2.0", True,
            "NVIDIA Jetson (JetPack 7 / L4T r38, CUDA 13); needs the NVIDIA container runtime"),
 ]}
+
+
+def _cpu_flavors() -> list[str]:
+    return [f.name for f in FLAVORS.values() if not f.cuda]
 
 
 def flavor(name: str) -> Flavor:
@@ -171,16 +174,24 @@ def detect_engine(prefer: str | None = None) -> Engine:
 # --- base image (offline) ------------------------------------------------------------------------------------------
 
 def base_tag(arch: str = "x86_64", suite: str = DEFAULT_SUITE) -> str:
-    return f"{BASE_REPO}:{suite}" + ("-arm64" if arch == "aarch64" else "")
+    return f"{BASE_REPO}:{suite}{arches.get(arch).base_tag_suffix}"
 
 
-def _debian_arch(arch: str) -> str:
-    return {"x86_64": "amd64", "aarch64": "arm64"}[arch]
+def docker_platform(arch: str) -> str:
+    """``linux/amd64`` for x86_64 and so on (from the arch table)."""
+    return arches.get(arch).docker_platform
+
+
+def deb_arch(arch: str) -> str:
+    """dpkg / debootstrap / OCI name of ``arch``: ``amd64`` for x86_64 and so on."""
+    return arches.get(arch).deb_arch
+
+
+_debian_arch = deb_arch  # older name, kept for callers
 
 
 def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return arches.host()
 
 
 def _sh(cmd: Sequence[str], what: str, timeout: float = 1800) -> None:
@@ -193,7 +204,7 @@ def _sh(cmd: Sequence[str], what: str, timeout: float = 1800) -> None:
 def build_base_tarball(arch: str = "x86_64", suite: str = DEFAULT_SUITE, refresh: bool = False,
                        progress: Progress = lambda _m: None) -> Path:
     """Root filesystem tarball of a slim Debian with python3, made by debootstrap (root only); cached."""
-    out = cache_dir() / f"{BASE_REPO}-{suite}-{_debian_arch(arch)}.tar"
+    out = cache_dir() / f"{BASE_REPO}-{suite}-{deb_arch(arch)}.tar"
     if out.is_file() and not refresh:
         return out
     if os.geteuid() != 0:
@@ -201,18 +212,18 @@ def build_base_tarball(arch: str = "x86_64", suite: str = DEFAULT_SUITE, refresh
     if not shutil.which("debootstrap"):
         raise ImageError("debootstrap not found: apt-get install debootstrap")
     foreign = arch != _host_arch()
-    if foreign and not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+    if foreign and not Path(arches.get(arch).binfmt_path).exists():
         raise ImageError(f"a {arch} base on {_host_arch()} needs qemu binfmt: apt-get install qemu-user-static "
                          "binfmt-support")
-    debs = cache_dir() / "debs" / f"{suite}-{_debian_arch(arch)}"
+    debs = cache_dir() / "debs" / f"{suite}-{deb_arch(arch)}"
     debs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dlas-base-", dir=cache_dir()) as tmp:
         root = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", "--variant=minbase", f"--arch={_debian_arch(arch)}",
+        cmd = ["debootstrap", "--variant=minbase", f"--arch={deb_arch(arch)}",
                f"--include={','.join(BASE_PACKAGES)}", f"--cache-dir={debs}"]
         if foreign:
             cmd.append("--foreign")
-        progress(f"debootstrap {suite} {_debian_arch(arch)} (minbase + python3)")
+        progress(f"debootstrap {suite} {deb_arch(arch)} (minbase + python3)")
         _sh(cmd + [suite, str(root), DEBIAN_MIRROR], "debootstrap")
         if foreign:
             progress("debootstrap second stage under qemu")
@@ -257,9 +268,9 @@ def build_base(arch: str = "x86_64", suite: str = DEFAULT_SUITE, engine: Engine 
     progress(f"importing {tarball.name} as {tag}")
     args = ["import", "--change", "CMD [\"/bin/bash\"]"]
     if engine.is_podman:
-        args += ["--arch", _debian_arch(arch)]
+        args += ["--arch", deb_arch(arch)]
     else:
-        args += ["--platform", f"linux/{_debian_arch(arch)}"]
+        args += ["--platform", docker_platform(arch)]
     engine.run(*args, "-", tag, input_file=tarball, timeout=600)
     return tag
 
@@ -599,7 +610,7 @@ def _mb(size: int) -> str:
 @images_app.command("build")
 def build_cmd(
     flavors: list[str] = typer.Argument(None, help=f"image flavors: {', '.join(FLAVORS)} (default: cpu-x86_64)"),
-    all_cpu: bool = typer.Option(False, "--all-cpu", help="build cpu-x86_64 and cpu-arm64"),
+    all_cpu: bool = typer.Option(False, "--all-cpu", help=f"build {' and '.join(_cpu_flavors())}"),
     base_from_debootstrap: bool = typer.Option(False, "--base-from-debootstrap",
                                                help="offline: build on the local debootstrap base (root)"),
     base_image: Optional[str] = typer.Option(None, "--base-image", help="override the Dockerfile's BASE_IMAGE"),
@@ -611,7 +622,7 @@ def build_cmd(
     """Build agent images (tags dlas-agent:<flavor>); the build context gets the offline agent bundle."""
     from .bundle import BundleError  # noqa: PLC0415
 
-    names = list(flavors or []) + (["cpu-x86_64", "cpu-arm64"] if all_cpu else [])
+    names = list(flavors or []) + (_cpu_flavors() if all_cpu else [])
     names = list(dict.fromkeys(names or ["cpu-x86_64"]))
     err = _console(stderr=True)
     results = []
@@ -640,13 +651,14 @@ def build_cmd(
 
 @images_app.command("base")
 def base_cmd(
-    arch: str = typer.Option("x86_64", "--arch", help="x86_64 or aarch64 (aarch64 on x86 runs under qemu)"),
+    arch: str = typer.Option("x86_64", "--arch", help=f"{' or '.join(arches.names())} (one foreign to the host "
+                                                       "runs under qemu)"),
     refresh: bool = typer.Option(False, "--refresh", help="debootstrap again even if cached"),
     engine_name: Optional[str] = _EngineOpt,
 ) -> None:
     """Make the offline base image dlas-base:bookworm[-arm64] (debootstrap minbase + python3; root)."""
-    if arch not in ("x86_64", "aarch64"):
-        _fail(f"unknown arch {arch!r}: use x86_64 or aarch64")
+    if arch not in arches.names():
+        _fail(f"unknown arch {arch!r}: use {' or '.join(arches.names())}")
     err = _console(stderr=True)
     try:
         engine = detect_engine(engine_name)

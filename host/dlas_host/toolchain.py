@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import re
 import shutil
 import struct
@@ -15,12 +14,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import arches
 from .devices import Device
 from .errors import DlasError
-
-ELF_MACHINES = {62: "x86_64", 183: "aarch64"}
-CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++", "x86_64": "x86_64-linux-gnu-g++"}
-INSTALL_HINT = {"aarch64": "apt-get install g++-aarch64-linux-gnu", "x86_64": "apt-get install g++-x86-64-linux-gnu"}
 
 
 class ToolchainError(DlasError, RuntimeError):
@@ -28,8 +24,7 @@ class ToolchainError(DlasError, RuntimeError):
 
 
 def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return arches.host()
 
 
 def elf_arch(path: Path) -> str:
@@ -39,7 +34,14 @@ def elf_arch(path: Path) -> str:
         raise ToolchainError(f"{path.name} is not an ELF shared library")
     little = header[5] == 1
     (machine,) = struct.unpack("<H" if little else ">H", header[18:20])
-    return ELF_MACHINES.get(machine, f"machine-{machine}")
+    arch = arches.by_elf_machine(machine)
+    return arch.name if arch else f"machine-{machine}"
+
+
+def cross_compiler(arch: str) -> tuple[str | None, str]:
+    """The cross C++ compiler for ``arch`` and how to install it (None when the table has no such arch)."""
+    row = arches.ARCHES.get(arch)
+    return (row.cross_cxx, row.cross_cxx_install) if row else (None, "install a cross toolchain")
 
 
 def fcompile_for(device: Device) -> Any | None:
@@ -48,12 +50,10 @@ def fcompile_for(device: Device) -> Any | None:
         return None
     from tvm.support import cc  # noqa: PLC0415
 
-    cxx = CROSS_CXX.get(device.arch)
+    cxx, install = cross_compiler(device.arch)
     if cxx is None or shutil.which(cxx) is None:
-        raise ToolchainError(
-            f"device {device.name} is {device.arch} but the cross compiler {cxx} is missing; "
-            f"fix: {INSTALL_HINT.get(device.arch, 'install a cross toolchain')}"
-        )
+        raise ToolchainError(f"device {device.name} is {device.arch} but the cross compiler {cxx} is missing; "
+                             f"fix: {install}")
     return cc.cross_compiler(cxx)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from dlas_agent import auth
 from dlas_agent.runner import sha256_file
 
+from .. import arches
 from ..bundle import CPU_ONLY_REMOVE, RUNTIME_ONLY_REMOVE, build_bundle
 from ..devices import Device
 from ..transport import AgentError, Timeouts
@@ -125,7 +126,7 @@ def probe(ssh: SSH, device: Device) -> Probe:
 def check_device(device: Device, p: Probe) -> list[str]:
     """Raise DeployError when the device is not what devices.yaml says; return warnings."""
     warnings: list[str] = []
-    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(p.arch, p.arch)
+    arch = arches.normalise(p.arch)
     if arch != device.arch:
         raise DeployError(f"{device.name}: devices.yaml says arch {device.arch}, but `uname -m` on the device "
                           f"says {p.arch or '(nothing)'}; fix devices.yaml or the connection")
