@@ -24,6 +24,7 @@ FN_DEVICE_INFO = "dlas.device_info"
 FN_BENCHMARK = "dlas.benchmark"
 FN_TIME_KERNEL = "dlas.time_kernel"  # one tuning candidate (a single PrimFunc library)
 FN_EVALUATE = "dlas.evaluate"  # accuracy: the timed artifact over a chunk of evaluation images
+FN_PROFILE = "dlas.profile"  # per-function times of the artifact's calls (VM instrumentation)
 
 # Key of BenchmarkResult.env holding the TimingLoad measured around the timed loop (absent: an older agent).
 LOAD_ENV_KEY = "timing_load"
@@ -242,3 +243,50 @@ class EvalResult(Message):
     compute_s: float = 0.0  # inside the model calls (device synchronised)
     transfer_s: float = 0.0  # host<->device copies of the images and logits
     outputs: str = ""
+
+
+@dataclass
+class ProfileRequest(Message):
+    """Time every call the VM makes while running ``entry`` on uploaded inputs (``dlas_agent.profile``)."""
+
+    artifact: str
+    sha256: str
+    inputs: str  # .npz as BenchmarkRequest.inputs
+    device: str = "cpu"
+    device_id: int = 0
+    entry: str = "main"
+    repeat: int = 10  # instrumented runs (and as many plain runs); per-call times are medians over them
+    warmup: int = 2
+    num_threads: int = 0
+    artifact_mac: str = ""
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class ProfileResult(Message):
+    """Per call site of a compiled function, in execution order: ``{"function", "occurrence", "median_ms",
+    "mean_ms", "min_ms", "args": [{"shape", "dtype"}]}``; runtime builtins summed per name: ``{"function",
+    "calls", "median_ms", "mean_ms"}`` (per run). ``total`` times the instrumented runs, ``plain`` as many
+    runs without the instrument."""
+
+    lenient: ClassVar[bool] = True
+
+    ok: bool
+    error: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    builtins: list[dict[str, Any]] = field(default_factory=list)
+    total: TimingStats | None = None
+    plain: TimingStats | None = None
+    repeat: int = 0
+    load_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProfileResult":
+        data = dict(data)
+        for key in ("total", "plain"):
+            if isinstance(data.get(key), dict):
+                data[key] = TimingStats.from_dict(data[key])
+        return super().from_dict(data)

@@ -21,9 +21,9 @@ import traceback
 from pathlib import Path
 
 from . import __version__, auth, devinfo
-from .protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_EVALUATE, FN_PING, FN_TIME_KERNEL, PROTOCOL_VERSION,
-                       BenchmarkRequest, BenchmarkResult, EvalRequest, EvalResult, KernelTimingRequest,
-                       KernelTimingResult, ProtocolError)
+from .protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_EVALUATE, FN_PING, FN_PROFILE, FN_TIME_KERNEL,
+                       PROTOCOL_VERSION, BenchmarkRequest, BenchmarkResult, EvalRequest, EvalResult,
+                       KernelTimingRequest, KernelTimingResult, ProfileRequest, ProfileResult, ProtocolError)
 from .runner import ArtifactRejected, run_benchmark, time_kernel
 
 log = logging.getLogger("dlas_agent")
@@ -70,6 +70,12 @@ def handle_evaluate(request_json: str) -> str:
     return _handle(EvalRequest, EvalResult, run_evaluation, request_json)
 
 
+def handle_profile(request_json: str) -> str:
+    from .profile import run_profile  # noqa: PLC0415
+
+    return _handle(ProfileRequest, ProfileResult, run_profile, request_json)
+
+
 def register_functions() -> None:
     import tvm_ffi  # noqa: PLC0415
 
@@ -79,6 +85,7 @@ def register_functions() -> None:
     tvm_ffi.register_global_func(FN_BENCHMARK, handle_benchmark, override=True)
     tvm_ffi.register_global_func(FN_TIME_KERNEL, handle_time_kernel, override=True)
     tvm_ffi.register_global_func(FN_EVALUATE, handle_evaluate, override=True)
+    tvm_ffi.register_global_func(FN_PROFILE, handle_profile, override=True)
 
 
 def _lock_down_session() -> None:

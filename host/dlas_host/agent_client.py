@@ -24,9 +24,9 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from dlas_agent import auth
-from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_EVALUATE, FN_PING, FN_TIME_KERNEL,
+from dlas_agent.protocol import (FN_BENCHMARK, FN_DEVICE_INFO, FN_EVALUATE, FN_PING, FN_PROFILE, FN_TIME_KERNEL,
                                  BenchmarkRequest, BenchmarkResult, DeviceInfo, EvalRequest, EvalResult,
-                                 KernelTimingRequest, KernelTimingResult)
+                                 KernelTimingRequest, KernelTimingResult, ProfileRequest, ProfileResult)
 
 from . import paths
 from .devices import Device
@@ -107,6 +107,27 @@ class AgentClient:
                                  "dlas.evaluate): redeploy it with `dlas-host deploy`") from None
             raise
         return EvalResult.from_json(text)
+
+    def profile(self, library: Path, sha256: str, inputs: list[np.ndarray], *, repeat: int = 10, warmup: int = 2,
+                num_threads: int = 0) -> ProfileResult:
+        """Upload library and inputs; time every call of one run on the device (``dlas_agent.profile``)."""
+        lib_name = f"{sha256[:16]}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "inputs.npz"
+            np.savez(npz, **{f"arg{i}": a for i, a in enumerate(inputs)})
+            self.upload(library, lib_name)
+            self.upload(npz, "inputs.npz")
+        request = ProfileRequest(artifact=lib_name, sha256=sha256, inputs="inputs.npz",
+                                 device=self.device.runtime_device, repeat=repeat, warmup=warmup,
+                                 num_threads=num_threads, artifact_mac=self.artifact_mac(sha256))
+        try:
+            text = self._call(FN_PROFILE, request.to_json(), timeout=self.timeouts.run_s)
+        except AgentError as exc:
+            if "profile" in str(exc) and ("not found" in str(exc).lower() or "no such" in str(exc).lower()):
+                raise AgentError(f"{self.device.name}: the agent cannot profile (older than dlas.profile): "
+                                 "redeploy it with `dlas-host deploy`") from None
+            raise
+        return ProfileResult.from_json(text)
 
     def ping(self) -> dict[str, Any]:
         return json.loads(self._call(FN_PING, timeout=self.timeouts.info_s))

@@ -39,7 +39,7 @@ devices_app = typer.Typer(no_args_is_help=True, help="The device registry (devic
 results_app = typer.Typer(no_args_is_help=True, help="The results store.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(results_app, name="results")
-from .images import images_app  # noqa: E402
+from .cli_images import images_app  # noqa: E402
 app.add_typer(images_app, name="images")
 
 
@@ -451,12 +451,16 @@ def doctor() -> None:
 def _register_subcommands() -> None:
     from .cli_models import models_app, train_cmd
     from .cli_optimize import optimize
+    from .cli_profile import profile_cmd
     from .cli_sweep import report, sweep_app
     from .cli_tune import tune, tune_db_app
+    from .cli_cache import cache_app
 
+    app.add_typer(cache_app, name="cache")
     app.add_typer(sweep_app, name="sweep")
     app.command("report")(report)
     app.command("optimize")(optimize)
+    app.command("profile")(profile_cmd)
     app.command("train")(train_cmd)
     app.add_typer(models_app, name="models")
     app.command("tune")(tune)

@@ -1,4 +1,4 @@
-"""``dlas-host sweep run|resume|status|list`` and ``dlas-host report``."""
+"""``dlas-host sweep run|resume|plan|status|list`` and ``dlas-host report``."""
 
 from __future__ import annotations
 
@@ -55,7 +55,56 @@ def sweep_run(
             out.print(table)
             return
         sweep_id = start_sweep(spec, registry, store, names)
+    _print_plan_summary(spec, registry, names, store.path, jobs)
     _run(sweep_id, registry, store, executor)
+
+
+def _print_plan_summary(spec, registry, names, db_path: Path, jobs) -> None:
+    """The plan's one paragraph on stderr before the run; a plan that cannot be made never stops the run."""
+    from .sweep.plan import plan_sweep
+
+    try:
+        err.print(plan_sweep(spec, registry, names, db_path, jobs).summary(), highlight=False, soft_wrap=True,
+                  markup=False)
+    except Exception as exc:  # noqa: BLE001 - only an estimate
+        err.print(f"(no plan: {type(exc).__name__}: {str(exc)[:160]})", highlight=False, markup=False)
+
+
+@sweep_app.command("plan")
+def sweep_plan(
+    spec_file: Optional[str] = typer.Argument(None, help="sweep spec YAML (or use --preset)"),
+    preset: Optional[str] = typer.Option(None, help="shipped preset: quick | dlas-paper"),
+    only: Optional[list[str]] = typer.Option(None, "--only", metavar="NAME",
+                                             help="plan only this device's jobs (repeat it, or comma-separate names)"),
+    devices_file: Optional[Path] = DevicesOpt,
+    db: Optional[Path] = DbOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Count a sweep's jobs, distinct builds, tuning tasks and models to make, and estimate host time, device
+    time and disk from earlier runs' costs (defaults where there are none). Runs nothing."""
+    from .sweep.plan import fmt_s, plan_sweep
+    from .sweep.spec import load_spec
+
+    if bool(spec_file) == bool(preset):
+        with user_errors():
+            raise DlasError("give a sweep spec file or --preset NAME (not both)")
+    with user_errors():
+        spec = load_spec(spec_file or preset)
+        registry, store = _open(devices_file, db)
+        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()] or None
+        if names:
+            registry.select(names)
+        plan = plan_sweep(spec, registry, names, store.path)
+    if as_json:
+        emit_json(plan.as_dict())
+        return
+    table = Table(title=f"plan {plan.name}")
+    for col in ("phase", "count", "host", "device", "costs"):
+        table.add_column(col, justify="left" if col in ("phase", "costs") else "right")
+    for phase in plan.phases:
+        table.add_row(phase.name, str(phase.count), fmt_s(phase.host_s), fmt_s(phase.device_s), phase.source)
+    out.print(table)
+    out.print(plan.summary(), highlight=False, soft_wrap=True, markup=False)
 
 
 @sweep_app.command("resume")
