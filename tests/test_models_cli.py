@@ -154,4 +154,7 @@ def test_a_stored_model_benched_for_another_dataset_is_one_error_row(local_devic
         assert row.status == "error" and "\n" not in row.error
         assert row.error == ("stored model d is resnet18/digits, not resnet18/cifar10: give --model resnet18 "
                              "--dataset digits"), row.error
-    assert [r["status"] for r in store.query({})] == ["error", "error"]
+    unknown = BuildSpec(model="resnet18", dataset="digits", optimized_model="nope")
+    for row in (bench_tvm(unknown, local_device, store), bench_engine("onnxruntime", unknown, local_device, store)):
+        assert row.status == "error" and row.error.startswith("no stored model 'nope'"), row.error
+    assert [r["status"] for r in store.query({})] == ["error"] * 4

@@ -141,19 +141,30 @@ def max_abs_err(outputs: list[np.ndarray], reference: list[np.ndarray]) -> float
     return max(errs) if errs else float("nan")
 
 
+def start_row(spec: BuildSpec, device: Device, system: str, sweep_id: str, job_key: str
+              ) -> tuple[BuildSpec, ResultRow]:
+    """The spec as its stored model dictates and the job's row; an unknown, unreadable or mismatched stored
+    model makes it an error row that says why."""
+    try:
+        spec = with_stored_model(spec)
+        problem = ""
+    except DlasError as exc:
+        problem = str(exc)
+    row = base_row(spec, device, system)
+    row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
+    if problem:
+        row.status, row.error = "error", problem
+    return spec, row
+
+
 def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOptions | None = None,
               progress: Progress = lambda _msg: None, cache: ArtifactCache | None = None,
               timeouts: Timeouts | None = None, sweep_id: str = "", job_key: str = "") -> ResultRow:
     opts = opts or RunOptions()
-    try:
-        spec = with_stored_model(spec)
-    except DlasError as exc:  # an unknown or unreadable stored model: the row says why
-        row = base_row(spec, device, "tvm")
-        row.status, row.error, row.sweep_id, row.job_key = "error", str(exc), sweep_id, job_key
+    spec, row = start_row(spec, device, "tvm", sweep_id, job_key)
+    if row.status == "error":
         store.add(row)
         return row
-    row = base_row(spec, device, "tvm")
-    row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
     try:
         progress(f"compiling {spec.model}/{spec.dataset} for {device.name}")
         artifact = compile_artifact(spec, device, cache, force=opts.force_compile)
@@ -228,15 +239,9 @@ def bench_engine(engine: str, spec: BuildSpec, device: Device, store: ResultStor
                  progress: Progress = lambda _msg: None, sweep_id: str = "", job_key: str = "") -> ResultRow:
     """Time a framework baseline in a fresh process (local device only: frameworks don't ship to agents)."""
     opts = opts or RunOptions()
-    try:
-        spec = with_stored_model(spec)
-        problem = ""
-    except DlasError as exc:  # an unknown, unreadable or mismatched stored model: the row says why
-        problem = str(exc)
-    row = base_row(spec, device, engine)
-    row.sweep_id, row.job_key, row.host_env = sweep_id, job_key, host_env()
-    if problem:
-        row.status, row.error = "error", problem
+    spec, row = start_row(spec, device, engine, sweep_id, job_key)
+    if row.status == "error":
+        pass  # the stored model's problem is the row's error
     elif engine not in ENGINES:
         row.status, row.error = "error", f"unknown engine {engine!r}; known: {', '.join(ENGINES)}"
     elif device.connection.type != "local":
