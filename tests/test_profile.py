@@ -178,3 +178,65 @@ def test_unknown_device_or_model_is_one_error_line(app, data_dir, args, what):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and what in lines[0], result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ vs onnxruntime
+def test_onnxruntime_trace_is_summarised_per_node_after_warmup():
+    from dlas_host.engines.onnx_runtime import summarize_trace
+
+    def ev(name: str, dur: float, op: str = "Conv", shapes=([1, 3, 32, 32], [64, 3, 3, 3])):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur,
+                "args": {"op_name": op, "input_type_shape": [{"float": list(s)} for s in shapes],
+                         "output_type_shape": [{"float": [1, 10]}]}}
+
+    trace = [{"cat": "Session", "name": "model_run", "dur": 999}, ev("c0", 900), ev("fc", 50, "Gemm", ([1, 512],)),
+             {"cat": "Node", "name": "c0_fence_before", "dur": 1}, ev("c0", 100), ev("fc", 10, "Gemm"),
+             ev("c0", 300), ev("fc", 30, "Gemm")]
+    nodes = summarize_trace(trace, skip=1)
+    assert [n["node"] for n in nodes] == ["c0", "fc"] and nodes[0]["inputs"] == [[1, 3, 32, 32], [64, 3, 3, 3]]
+    assert nodes[0]["ms"] == pytest.approx(0.2) and nodes[0]["runs"] == 2 and nodes[1]["ms"] == pytest.approx(0.02)
+    assert nodes[1]["inputs"] == [[1, 512]] and nodes[1]["outputs"] == [[1, 10]]
+
+
+def test_engine_kernels_align_to_layers_by_what_they_compute():
+    """Matched by (input elements, weight elements): NCHWc-blocked inputs and reordered weights still match;
+    equal layers in execution order; other nodes are summed apart."""
+    from dlas_host.profile import Peak, align_engine
+
+    layers = [_layer("conv2d_0", "f0", "1x3x32x32 * 64x3x3x3"), _layer("conv2d_1", "f1", "1x64x32x32 * 64x64x3x3"),
+              _layer("conv2d_2", "f2", "1x64x32x32 * 64x64x3x3"), _layer("dense_0", "f3", "1x512 * 10x512", "dense")]
+    result = ProfileResult(ok=True, calls=[_call("f0", 0, 1.0, [1, 64, 32, 32]), _call("f1", 0, 2.0, [1, 64, 32, 32]),
+                                           _call("f2", 0, 3.0, [1, 64, 32, 32]), _call("f3", 0, 0.5, [1, 10])])
+    rows, _ = build_rows(result, layers, Peak(None, ""))
+    nodes = [{"node": "c0", "op": "Conv", "inputs": [[1, 3, 32, 32], [64, 3, 3, 3]], "ms": 0.9},
+             {"node": "c1", "op": "Conv", "inputs": [[1, 8, 32, 32, 8], [8, 8, 3, 3, 8, 8]], "ms": 1.5},  # NCHWc
+             {"node": "c2", "op": "FusedConv", "inputs": [[1, 8, 32, 32, 8], [8, 8, 3, 3, 8, 8], [64]], "ms": 1.6},
+             {"node": "add", "op": "Add", "inputs": [[1, 64, 32, 32], [1, 64, 32, 32]], "ms": 0.3},
+             {"node": "fc", "op": "Gemm", "inputs": [[1, 512], [10]], "outputs": [[1, 10]], "ms": 0.1},  # prepacked
+             {"node": "stray", "op": "Conv", "inputs": [[1, 7], [7, 7]], "ms": 0.05}]
+    summary = align_engine(rows, nodes, "onnxruntime")
+    got = {r.layer: r.compare_ms for r in rows}
+    assert got == {"conv2d_0": 0.9, "conv2d_1": 1.5, "conv2d_2": 1.6, "dense_0": 0.1}
+    assert summary["layers_ms"] == pytest.approx(4.1) and summary["other_ms"] == pytest.approx(0.35)
+    assert summary["tvm_same_layers_ms"] == pytest.approx(6.5) and summary["unmatched_nodes"] == ["stray"]
+
+
+def test_profile_compares_onnxruntime_layer_by_layer(profiled, app, data_dir, tmp_path):
+    """The real onnxruntime profiler on the same model: every TVM conv/dense layer gets its kernel time."""
+    result = CliRunner().invoke(app, ["profile", "--repeat", "3", "--compare", "onnxruntime", "--json"])
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    doc = json.loads(result.stdout)
+    layers = [r for r in doc["rows"] if r["layer"]]
+    assert len(layers) == 21 and all(r["compare_ms"] and r["compare_ms"] > 0 for r in layers)
+    c = doc["compare"]
+    assert c["engine"] == "onnxruntime" and not c["unmatched_nodes"]
+    assert c["layers_ms"] == pytest.approx(sum(r["compare_ms"] for r in layers))
+    assert 0 < c["layers_ms"] <= c["total_ms"] and c["tvm_same_layers_ms"] > 0
+    table = CliRunner().invoke(app, ["profile", "--repeat", "2", "--compare", "onnxruntime"])
+    assert table.exit_code == 0 and "onnxruntime ms" in table.stdout and "other nodes" in table.stdout
+    board = tmp_path / "board.yaml"
+    board.write_text("devices:\n  rpi4:\n    arch: aarch64\n    target: {kind: llvm, mtriple: aarch64-linux-gnu}\n"
+                     "    connection: {type: ssh, host: 10.9.8.7, user: pi}\n")
+    remote = CliRunner().invoke(app, ["profile", "--compare", "onnxruntime", "--device", "rpi4",
+                                      "--devices", str(board)])
+    assert remote.exit_code == 1 and "local device only" in remote.stderr

@@ -288,30 +288,46 @@ def engine_accuracy(evals: EvalSet, topk: np.ndarray, compute_s: float) -> Devic
     return DeviceAccuracy(top1, top5, len(evals), evals.fingerprint, c1, c5, compute_s, 0.0, compute_s, topk)
 
 
+def _engine_call(engine: str, payload: dict[str, Any], threads: int, device: str, timeout_s: float,
+                 work: Path) -> dict[str, Any]:
+    """Run ``python -m dlas_host.engines.run`` (its npz goes to ``work/outputs.npz``); its JSON reply, or the
+    engine's error raised (EngineSkipped where the engine cannot run here)."""
+    env = dict(os.environ, DLAS_ENGINE_DEVICE=device)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-m", "dlas_host.engines.run", engine, json.dumps(payload),
+                           str(work / "outputs.npz")], capture_output=True, text=True, timeout=timeout_s, env=env)
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{engine} process failed (exit {proc.returncode}): {tail}")
+    reply = json.loads(lines[-1])
+    if not reply["ok"]:
+        raise (EngineSkipped if reply.get("skipped") else RuntimeError)(f"{engine}: {reply['error']}")
+    return reply
+
+
 def run_engine_process(engine: str, spec: BuildSpec, threads: int, opts: RunOptions, timeout_s: float = 1800,
                        device: str = "cpu", evals: EvalSet | None = None
                        ) -> tuple[list[float], list[np.ndarray], tuple[np.ndarray, float] | None]:
     """(samples in ms, outputs, (top-k over ``evals``, seconds in the model) or None) of one engine run."""
     payload = spec.to_dict()
     payload["_run"] = {"threads": threads, "number": opts.number, "repeat": opts.repeat, "warmup": opts.warmup}
-    env = dict(os.environ, DLAS_ENGINE_DEVICE=device)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TVM_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as tmp:
         if evals is not None:
             np.save(Path(tmp) / "eval.npy", evals.images)
             payload["_run"]["eval"] = {"images": str(Path(tmp) / "eval.npy"), "batch": spec.batch, "k": TOPK}
-        out = Path(tmp) / "outputs.npz"
-        proc = subprocess.run([sys.executable, "-m", "dlas_host.engines.run", engine, json.dumps(payload), str(out)],
-                              capture_output=True, text=True, timeout=timeout_s, env=env)
-        lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-        if not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{engine} process failed (exit {proc.returncode}): {tail}")
-        reply = json.loads(lines[-1])
-        if not reply["ok"]:
-            raise (EngineSkipped if reply.get("skipped") else RuntimeError)(f"{engine}: {reply['error']}")
-        with np.load(out) as npz:
+        reply = _engine_call(engine, payload, threads, device, timeout_s, Path(tmp))
+        with np.load(Path(tmp) / "outputs.npz") as npz:
             outputs = [npz[f"out{i}"] for i in range(len(npz.files)) if f"out{i}" in npz.files]
             picked = (npz["topk"], float(reply["eval_compute_s"])) if "topk" in npz.files else None
     return reply["samples_ms"], outputs, picked
+
+
+def engine_node_profile(engine: str, spec: BuildSpec, threads: int, runs: int = 10, warmup: int = 2,
+                        device: str = "cpu", timeout_s: float = 1800) -> list[dict[str, Any]]:
+    """Per node of the engine's graph, in execution order: op, input shapes, median kernel ms (its profiler)."""
+    payload = spec.to_dict()
+    payload["_run"] = {"threads": threads, "number": 1, "repeat": 1, "warmup": warmup, "profile": {"runs": runs}}
+    with tempfile.TemporaryDirectory() as tmp:
+        return list(_engine_call(engine, payload, threads, device, timeout_s, Path(tmp))["nodes"])

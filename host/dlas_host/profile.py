@@ -62,6 +62,7 @@ class ProfileRow:
     flops: int | None = None  # per call
     gflops_per_s: float | None = None
     peak_percent: float | None = None  # of the fp32 peak (float32 layers only)
+    compare_ms: float | None = None  # the compared engine's kernel time for the same layer (``--compare``)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Profile:
     peak: Peak
     unmatched_layers: list[str] = field(default_factory=list)  # manifest layers no call computed
     warnings: list[str] = field(default_factory=list)
+    compare: dict[str, Any] = field(default_factory=dict)  # engine, total_ms, layers_ms, other_ms, unmatched_nodes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,16 +193,69 @@ def build_rows(result: ProfileResult, layers: list[Any], peak: Peak) -> tuple[li
     return rows, [layer.layer for layer in layers if layer.layer not in done]
 
 
+# onnxruntime's conv and dense kernels (fused, NCHWc-blocked and quantized forms included)
+ENGINE_CONV_OPS = {"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "ConvInteger"}
+ENGINE_DENSE_OPS = {"Gemm", "FusedGemm", "MatMul", "FusedMatMul", "QLinearMatMul"}
+
+
+def _engine_signature(node: dict[str, Any]) -> tuple[str, int, int] | None:
+    """What a node computes, blind to layout and blocking: a conv by (input, weight) elements, a dense layer
+    by (input, output) elements (its prepacked weight is not in the trace)."""
+    ins, outs = node.get("inputs") or [], node.get("outputs") or []
+    if node.get("op") in ENGINE_CONV_OPS and len(ins) >= 2 and ins[0] and ins[1]:
+        return "conv", math.prod(ins[0]), math.prod(ins[1])
+    if node.get("op") in ENGINE_DENSE_OPS and ins and ins[0] and outs and outs[0]:
+        return "dense", math.prod(ins[0]), math.prod(outs[0])
+    return None
+
+
+def _layer_signature(row: ProfileRow) -> tuple[str, int, int] | None:
+    try:
+        data, weight = (_dims(part) for part in row.shape.split(" * "))
+    except ValueError:
+        return None
+    if row.op == "dense":
+        return ("dense", math.prod(data), data[0] * weight[0]) if data and weight else None
+    return "conv", math.prod(data), math.prod(weight)
+
+
+def align_engine(rows: list[ProfileRow], nodes: list[dict[str, Any]], engine: str) -> dict[str, Any]:
+    """Give each conv/dense row the engine's kernel time for the same layer, matched by what it computes
+    (element counts no layout or channel blocking changes), in execution order among equal ones."""
+    queue: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for node in nodes:
+        sig = _engine_signature(node)
+        if sig is not None:
+            queue.setdefault(sig, []).append(node)
+    layers_ms = tvm_ms = 0.0
+    for row in sorted(rows, key=lambda r: r.index):
+        sig = _layer_signature(row) if row.layer else None
+        if sig is None:
+            continue
+        waiting = queue.get(sig)
+        if waiting:
+            row.compare_ms = float(waiting.pop(0)["ms"])
+            layers_ms += row.compare_ms
+            tvm_ms += row.total_ms
+    total = sum(float(n.get("ms", 0.0)) for n in nodes)
+    return {"engine": engine, "total_ms": total, "layers_ms": layers_ms, "other_ms": total - layers_ms,
+            "tvm_same_layers_ms": tvm_ms, "unmatched_nodes": [n["node"] for q in queue.values() for n in q]}
+
+
 def profile_on_device(spec: Any, device: Device, *, repeat: int = 10, warmup: int = 2, force: bool = False,
-                      cache: Any = None, timeouts: Any = None,
+                      cache: Any = None, timeouts: Any = None, compare: str | None = None,
                       progress: Callable[[str], None] = lambda _msg: None) -> Profile:
-    """Build (or reuse) the artifact exactly as ``bench`` does and profile it on ``device``'s agent."""
+    """Build (or reuse) the artifact exactly as ``bench`` does and profile it on ``device``'s agent;
+    ``compare``: also profile that framework engine's own graph (local device) and align it layer by layer."""
     from .compile import CompileError, artifact_manifest, compile_artifact, example_inputs, with_stored_model
     from .fleet.health import job_session
     from .fleet.locks import device_lock, lock_wait_s
     from .lower import manifest as mf
 
     spec = with_stored_model(spec)
+    if compare and device.connection.type != "local":
+        raise ProfileError(f"--compare {compare}: framework engines run on the local device only "
+                           f"({device.name} is {device.connection.type})")
     progress(f"compiling {spec.model}/{spec.dataset} for {device.name}")
     artifact = compile_artifact(spec, device, cache, force=force)
     layers = artifact_manifest(artifact)
@@ -221,8 +276,22 @@ def profile_on_device(spec: Any, device: Device, *, repeat: int = 10, warmup: in
     warnings = list(result.warnings)
     if unmatched:
         warnings.append(f"{len(unmatched)} manifest layer(s) matched no call: {', '.join(unmatched[:5])}")
+    compared: dict[str, Any] = {}
+    if compare:
+        from .bench import engine_node_profile  # noqa: PLC0415
+
+        progress(f"profiling {compare} on {device.name}")
+        with device_lock(device, lock_wait_s(), purpose=f"profiling {compare} {spec.model}/{spec.dataset}"):
+            try:
+                nodes = engine_node_profile(compare, spec, device.threads, runs=repeat, warmup=warmup,
+                                            device=device.runtime_device)
+            except RuntimeError as exc:  # EngineSkipped too: the engine cannot profile here
+                raise ProfileError(str(exc)) from None
+        compared = align_engine(rows, nodes, compare)
+        if spec.quantize not in (None, "float32"):
+            warnings.append(f"{compare} runs the float32 model; the TVM build is {spec.quantize}")
     return Profile(device=device.name, model=spec.model, dataset=spec.dataset, artifact_sha256=artifact.sha256,
                    built=mf.summary(layers), rows=rows, sum_ms=sum(r.total_ms for r in rows),
                    sum_mean_ms=sum(r.mean_ms for r in rows),
                    instrumented_ms=result.total.median_ms, plain_ms=result.plain.median_ms, repeat=result.repeat,
-                   peak=peak, unmatched_layers=unmatched, warnings=warnings)
+                   peak=peak, unmatched_layers=unmatched, warnings=warnings, compare=compared)

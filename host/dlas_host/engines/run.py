@@ -3,7 +3,8 @@
 Prints one JSON line: {"ok": true, "samples_ms": [...]} or {"ok": false, "skipped": bool, "error": "..."}.
 With ``_run.eval`` ({"images": .npy path, "batch": B, "k": K}) the engine's model also runs over those images
 in batches of B (the last one padded) and the npz gains ``topk`` (N, K) class indices, best first; the reply
-gains ``eval_compute_s``, the time inside the model calls.
+gains ``eval_compute_s``, the time inside the model calls. With ``_run.profile`` ({"runs": R}) an engine that
+has ``node_profile`` replies {"ok": true, "nodes": [...]} (per node: op, input shapes, median kernel ms).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def main() -> None:
     reply: dict = {"ok": True}
     try:
         module = importlib.import_module(ENGINES[engine])
+        if opts.get("profile"):  # per-node kernel times from the engine's own profiler, nothing else
+            if not hasattr(module, "node_profile"):
+                raise EngineUnavailable(f"{engine} has no per-node profile")
+            nodes = module.node_profile(spec, opts["threads"], int(opts["profile"]["runs"]), opts["warmup"])
+            print(json.dumps({"ok": True, "nodes": nodes}))
+            return
         samples, outputs, predict = module.run(spec, opts["threads"], opts["number"], opts["repeat"],
                                                opts["warmup"])
         arrays = {f"out{i}": o for i, o in enumerate(outputs)}
