@@ -425,5 +425,9 @@ def test_arm64_device_under_qemu_deploy_and_bench(env):
           f"err {row.max_abs_err}")
     assert row.status == "ok", row.error
     assert row.device_env["arch"] == "aarch64"
+    # qemu-user shows the x86 host's /proc/cpuinfo: the agent says it is emulated, claims no CPU flags, and
+    # the row's timing is flagged so no report reads it as a board's number (issue #19, item 7)
+    assert "x86 host CPU" in row.device_env["emulation"] and row.device_env["cpu_flags"] == []
+    assert any(w.startswith("emulated:") for w in row.warnings)
     assert row.max_abs_err is not None and row.max_abs_err < 1e-3
     assert store.count() == before + 1

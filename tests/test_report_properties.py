@@ -73,7 +73,8 @@ VOCAB: dict[str, list[Any]] = {
 }
 ENVS = [{}, None, device_env(X86_FLAGS), device_env(ARM_FLAGS, "aarch64"),
         device_env([], gpus=[{"name": "Orin", "compute_capability": "8.7"}, {"name": "?", "compute_capability": "x"}]),
-        {"cpu_flags": "not a list", "gpus": "nope"}]
+        {"cpu_flags": "not a list", "gpus": "nope"}, {**device_env([], "aarch64"), "emulation": "qemu-user"},
+        {"emulation": 3}]
 ROW_FIELDS = {f.name for f in fields(ResultRow)}
 STUDIED = ("algorithm", "tuning", "quantization", "system", "sparse_format", "pruning", "device")  # rules vary these
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # no overflow or NaN arithmetic either

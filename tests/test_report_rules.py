@@ -333,3 +333,34 @@ def test_many_alike_findings_become_one_summary_that_keeps_its_groups():
     [s] = summarise(found)
     assert s.text == "On local, over 6 comparable groups of algorithms: gemm is the fastest in 6."
     assert s.details == [f.text for f in found] and len(s.pairs) == 6 and s.rows == sorted(r["id"] for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------ emulation
+X86_CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse sse2 avx2\n"
+ARM_CPUINFO = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32\nCPU implementer\t: 0x41\n"
+
+
+def test_the_agent_knows_when_it_runs_emulated(monkeypatch):
+    """qemu-user shows the host's /proc/cpuinfo (seen under this lab's arm64 chroot: an aarch64 python reads
+    "GenuineIntel"); a board shows its own."""
+    from dlas_agent.devinfo import emulation
+
+    monkeypatch.delenv("DLAS_EMULATED", raising=False)
+    assert "x86 host CPU" in emulation("aarch64", X86_CPUINFO)
+    assert "Arm host CPU" in emulation("x86_64", ARM_CPUINFO)
+    assert emulation("aarch64", ARM_CPUINFO) == emulation("x86_64", X86_CPUINFO) == emulation("aarch64", "") == ""
+    monkeypatch.setenv("DLAS_EMULATED", "qemu-system-aarch64")  # what cannot be seen from inside
+    assert emulation("aarch64", ARM_CPUINFO) == "qemu-system-aarch64"
+
+
+def test_emulated_timings_are_marked_and_never_read_as_the_boards():
+    why = "aarch64 process on an x86 host CPU (user-mode emulation, e.g. qemu-user)"
+    warn = [f"emulated: {why}; this timing says nothing about the real device's speed"]
+    arm = {"device": "sim-arm", "device_env": {**device_env([], "aarch64"), "emulation": why}, "warnings": warn}
+    rows = [tvm(10.0, algorithm="direct", **arm), tvm(9.0, algorithm="spatial_pack", **arm), tvm(8.0)]
+    found = observe(rows)
+    [emu] = [f for f in found if f.rule == fk.EMULATED]
+    assert emu.device == "sim-arm" and emu.rows == [rows[0]["id"], rows[1]["id"]] and why in emu.text
+    assert fk.UNSTABLE not in kinds(found)  # emulation has its own note; the timings themselves were steady
+    [algo] = [f for f in found if f.rule == fk.ALGORITHM]
+    assert "flagged unstable" in algo.text and set(algo.flagged) == {rows[0]["id"], rows[1]["id"]}

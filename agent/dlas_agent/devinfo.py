@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,23 @@ def _cpuinfo() -> tuple[str, list[str]]:
     if dt_model:  # Raspberry Pi, Jetson: the board name says more than "ARMv8 Processor"
         model = f"{dt_model} ({model})" if model and model != dt_model else dt_model
     return model, flags
+
+
+_X86_VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+
+def emulation(machine: str, cpuinfo: str) -> str:
+    """Why this process is emulated, or "". Under user-mode emulation (qemu-user, binfmt_misc) the kernel
+    reports the host's CPU in /proc/cpuinfo, and that CPU is not of the process's own architecture.
+    ``DLAS_EMULATED`` marks what cannot be seen from inside (a full-system emulator)."""
+    m = machine.lower()
+    x86_cpu = any(v in cpuinfo for v in _X86_VENDORS) or bool(re.search(r"^flags\s*:.*\bsse2\b", cpuinfo, re.M))
+    arm_cpu = "CPU implementer" in cpuinfo or bool(re.search(r"^Features\s*:.*\b(asimd|neon)\b", cpuinfo, re.M))
+    if (m in ("aarch64", "arm64") or m.startswith("arm")) and x86_cpu:
+        return f"{m} process on an x86 host CPU (user-mode emulation, e.g. qemu-user)"
+    if m in ("x86_64", "amd64", "i386", "i686") and arm_cpu and not x86_cpu:
+        return f"{m} process on an Arm host CPU (user-mode emulation)"
+    return os.environ.get("DLAS_EMULATED", "").strip()
 
 
 def _temperatures() -> dict[str, float]:
@@ -83,6 +101,9 @@ def _tvm() -> tuple[str, bool]:
 
 def collect() -> DeviceInfo:
     model, flags = _cpuinfo()
+    emulated = emulation(platform.machine(), _read("/proc/cpuinfo"))
+    if emulated:  # the host CPU's model and flags are not this process's ISA: no native-support claims
+        model, flags = f"emulated on {model}", []
     mem = psutil.virtual_memory()
     freq = psutil.cpu_freq() if hasattr(psutil, "cpu_freq") else None
     tvm_version, runtime_only = _tvm()
@@ -111,6 +132,7 @@ def collect() -> DeviceInfo:
         agent_version=__version__,
         numpy_version=np.__version__,
         in_container=Path("/.dockerenv").exists() or Path("/run/.containerenv").exists(),
+        emulation=emulated,
     )
 
 

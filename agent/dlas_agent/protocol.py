@@ -179,6 +179,7 @@ class DeviceInfo(Message):
     agent_version: str = ""
     numpy_version: str = ""
     in_container: bool = False
+    emulation: str = ""  # non-empty: this agent runs emulated (qemu-user): its timings say nothing about a board
     protocol: int = PROTOCOL_VERSION
 
 

@@ -190,6 +190,9 @@ def bench_tvm(spec: BuildSpec, device: Device, store: ResultStore, opts: RunOpti
         if not result.ok or result.stats is None:
             raise AgentError(f"{device.name}: {result.error}")
         row.set_stats(result.stats)  # an agent that measured the load put its warning among the stats'
+        if row.device_env.get("emulation"):
+            row.warnings.append(f"emulated: {row.device_env['emulation']}; this timing says nothing about the "
+                                "real device's speed")
         record_load(row, result.timing_load())  # None from an older agent: no load on the row
         row.load_s = result.load_s
         row.device_env["after_run"] = {k: v for k, v in result.env.items() if k != LOAD_ENV_KEY}

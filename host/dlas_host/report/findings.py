@@ -17,10 +17,11 @@ CORRELATION = "correlation"
 ACCURACY = "accuracy-cost"
 TRANSFER = "transfer-share"
 UNSTABLE = "unstable"
+EMULATED = "emulated"
 FAILURES = "failures"
 
 DLAS_KINDS = (BEST_SYSTEM, ALGORITHM, TUNING, QUANTIZATION, SPARSE, COMPRESSION, ACCURACY, CORRELATION, TRANSFER)
-QUALITY_KINDS = (UNSTABLE, FAILURES)
+QUALITY_KINDS = (UNSTABLE, EMULATED, FAILURES)
 TITLES = {
     BEST_SYSTEM: "Best system per device",
     ALGORITHM: "Algorithms",
@@ -32,6 +33,7 @@ TITLES = {
     CORRELATION: "Size, accuracy and latency",
     TRANSFER: "Host-device transfer share of end-to-end time",
     UNSTABLE: "Unstable timings",
+    EMULATED: "Timings under emulation",
     FAILURES: "Jobs without a timing",
 }
 

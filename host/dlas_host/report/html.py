@@ -126,7 +126,7 @@ def _results(page: Page) -> list[str]:
            + "</tr>"]
     for m in page.meas:
         cls = {"error": " class='err'", "skipped": " class='skip'"}.get(m.status, "")
-        r: dict[str, Any] = {**m.axes, "id": m.id, "status": m.status + (" (unstable)" if m.unstable else ""),
+        r: dict[str, Any] = {**m.axes, "id": m.id, "status": m.status + (" (emulated)" if m.emulated else " (unstable)" if m.unstable else ""),
                              "median_ms": m.median, "iqr_ms": m.row.get("iqr_ms"), "n": m.samples.size,
                              "stored sparsity": m.sparsity, "max_abs_err": m.row.get("max_abs_err"), "top1": m.top1,
                              "MiB": m.artifact_bytes / 2**20 if m.artifact_bytes else None, "built": m.built}

@@ -78,7 +78,7 @@ def render(page: Page, out_dir: Path) -> str:
     cols = ["id", *AXIS_COLUMNS, "status", "median_ms", "n", "stored sparsity"]
     md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in page.meas:
-        r = {**m.axes, "id": m.id, "status": m.status + (" (unstable)" if m.unstable else ""), "median_ms": m.median,
+        r = {**m.axes, "id": m.id, "status": m.status + (" (emulated)" if m.emulated else " (unstable)" if m.unstable else ""), "median_ms": m.median,
              "n": m.samples.size, "stored sparsity": m.sparsity}
         md.append("| " + " | ".join(_esc(cell(r.get(c))) for c in cols) + " |")
     return "\n".join(md) + "\n"

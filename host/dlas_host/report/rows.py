@@ -25,8 +25,9 @@ AXES: tuple[str, ...] = RESULT_AXES
 STATUSES = ("ok", "error", "skipped")
 GPU_TARGETS = ("cuda", "rocm", "vulkan", "opencl", "metal")
 MAX_MS = 1e9  # a timing above this (11 days) is garbage, not a measurement
-# Warnings that flag a timing: a spread above the agent's threshold, or other processes taking CPU meanwhile.
-FLAGS = ("unstable", "may be inflated")
+# Warnings that flag a timing: a spread above the agent's threshold, other processes taking CPU meanwhile, or
+# an agent running under emulation (qemu-user: its timings say nothing about the board).
+FLAGS = ("unstable", "may be inflated", "emulated")
 
 
 def _defaults() -> dict[str, Any]:
@@ -69,6 +70,7 @@ class Meas:
     host_env: dict[str, Any]
     superseded: bool  # an attempt a later run of the same sweep job replaced (the store's ``superseded_by``)
     row: Row = field(repr=False)
+    emulated: str = ""  # the agent ran under emulation (device_env.emulation): why
     eval_images: int = 0  # images behind top1/top5 (0: no accuracy)
     eval_fingerprint: str = ""  # which images: accuracies compare only on the same fingerprint
     hits1: int | None = None  # top-1 hits the evaluation counted (else derived from top1)
@@ -259,6 +261,7 @@ def measure(row: Mapping[str, Any], index: int = 0) -> Meas:
         device_env=_dict(row.get("device_env")), host_env=_dict(row.get("host_env")),
         superseded=_finite(row.get("superseded_by")) is not None, row=dict(row),
         **_accuracy_evidence(row, extra, top1),
+        emulated=_text(_dict(row.get("device_env")).get("emulation"), ""),
     )
 
 

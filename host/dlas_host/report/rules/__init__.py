@@ -10,7 +10,7 @@ from .accuracy import accuracy_cost
 from .algorithm import algorithms
 from .compression import compression_by_device
 from .correlation import correlations
-from .quality import failures, unstable_timings
+from .quality import emulated_timings, failures, unstable_timings
 from .quantization import quantization_native
 from .sparse import sparse_crossover
 from .systems import best_system
@@ -21,7 +21,7 @@ Rule = Callable[[list[Meas]], list[Finding]]
 
 RULES: list[Rule] = [
     best_system, algorithms, tuning_changes_best, quantization_native, sparse_crossover, compression_by_device,
-    accuracy_cost, correlations, transfer_share, unstable_timings, failures,
+    accuracy_cost, correlations, transfer_share, unstable_timings, emulated_timings, failures,
 ]
 
 
