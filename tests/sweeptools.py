@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,31 @@ def isolated_env(data_dir: Path) -> dict[str, str]:
 
 LOCAL_ONE_THREAD = ("devices:\n  local:\n    arch: x86_64\n    target: {kind: llvm}\n    threads: 1\n"
                     "    connection: {type: local}\n")
+
+
+@dataclass
+class IsolatedSweep:
+    """A sweep's own world: data dir (cache, models), one-thread local device file, spec, database."""
+
+    data: Path
+    env: dict[str, str]
+    spec: Path
+    db: Path
+
+    @property
+    def common(self) -> list[str]:
+        """The CLI options every `sweep run|resume|status` of this world takes."""
+        return ["--db", str(self.db), "--devices", str(self.spec.with_name("devices.yaml"))]
+
+
+def isolated_sweep(root: Path, spec_text: str, spec_name: str = "spec.yaml", db_name: str = "r.sqlite"
+                   ) -> IsolatedSweep:
+    """Write ``spec_text`` and a one-thread local device under ``root``; everything else stays under it too."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "devices.yaml").write_text(LOCAL_ONE_THREAD)
+    spec = root / spec_name
+    spec.write_text(spec_text)
+    return IsolatedSweep(root / "data", isolated_env(root / "data"), spec, root / db_name)
 
 
 def start_sweep_process(args: list[str], env: dict[str, str]) -> subprocess.Popen:

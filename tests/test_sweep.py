@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweeptools import (LOCAL_ONE_THREAD, cli, final_count, final_rows, isolated_env, job_rows_by_key,  # noqa: E402
+from sweeptools import (cli, final_count, final_rows, isolated_sweep, job_rows_by_key,  # noqa: E402
                         run_interrupted, start_sweep_process, sweep_processes, wait_no_sweep_processes)
 
 from dlas_host.sweep.spec import SweepSpecError, expand, load_spec, parse_spec  # noqa: E402
@@ -395,14 +395,8 @@ def test_sigterm_and_sigkill_leave_no_process_and_resume_stores_each_job_once(tm
 
     import psutil
 
-    data = tmp_path / "data"
-    env = isolated_env(data)
-    devices = tmp_path / "devices.yaml"
-    devices.write_text(LOCAL_ONE_THREAD)
-    spec = tmp_path / "two.yaml"
-    spec.write_text(TWO_JOBS)
-    db = tmp_path / "r.sqlite"
-    common = ["--db", str(db), "--devices", str(devices)]
+    world = isolated_sweep(tmp_path, TWO_JOBS)
+    data, env, spec, db, common = world.data, world.env, world.spec, world.db, world.common
 
     run = start_sweep_process(["run", str(spec), *common], env)
     procs = _wait_for_engine(data, run)
@@ -451,16 +445,10 @@ def test_a_skip_that_may_pass_is_retried_on_resume_and_a_permanent_one_is_not(tm
     pruning needs a dataset that is not there -> permanent skip. Resume retries only the first."""
     import json
 
-    data = tmp_path / "data"
-    env = isolated_env(data)
+    world = isolated_sweep(tmp_path, PRUNED)
+    data, env, spec, db, common = world.data, world.env, world.spec, world.db, world.common
     env.pop("DLAS_CIFAR10_DIR", None)
     (data / "models").write_text("not a directory")
-    devices = tmp_path / "devices.yaml"
-    devices.write_text(LOCAL_ONE_THREAD)
-    spec = tmp_path / "pruned.yaml"
-    spec.write_text(PRUNED)
-    db = tmp_path / "r.sqlite"
-    common = ["--db", str(db), "--devices", str(devices)]
 
     first = cli("sweep", "run", str(spec), *common, env=env)
     assert first.returncode == 0, first.stderr[-2000:]

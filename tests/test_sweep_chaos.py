@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweeptools import (LOCAL_ONE_THREAD, cli, count, final_count, isolated_env, job_rows_by_key,  # noqa: E402
+from sweeptools import (cli, count, final_count, isolated_sweep, job_rows_by_key,  # noqa: E402
                         start_sweep_process, wait_no_sweep_processes)
 
 KILLS = int(os.environ.get("DLAS_CHAOS_KILLS", "30"))
@@ -76,14 +76,8 @@ def _no_job_twice(db: Path, sweep_ids: list[str]) -> None:
 
 def _lane(root: Path, kills_wanted: int, seed: int) -> dict:
     """One independent chaos lane (its own data dir and database): kill, resume, ..., resume to the end."""
-    data = root / "data"
-    env = isolated_env(data)
-    devices = root / "devices.yaml"
-    devices.write_text(LOCAL_ONE_THREAD)
-    spec = root / "chaos.yaml"
-    spec.write_text(SPEC)
-    db = root / "results.sqlite"
-    common = ["--db", str(db), "--devices", str(devices)]
+    world = isolated_sweep(root, SPEC, "chaos.yaml", "results.sqlite")
+    data, env, spec, db, common = world.data, world.env, world.spec, world.db, world.common
     rng = random.Random(seed)
     startup_s = 4.0  # grows to the longest time seen from start to the first claim
     kills: list[tuple[str, str, str]] = []
