@@ -233,7 +233,7 @@ def record_accuracy(row: ResultRow, acc: DeviceAccuracy, batch: int, timed_trans
         record["vs_timed_latency"] = round(predicted_s / acc.compute_s, 4)
         record["vs_timed_latency_end_to_end"] = round(predicted_s / acc.wall_s, 4) if acc.wall_s else None
     row.extra["eval"] = record
-    if acc.images and timed_transfer:  # per image, timed on the agent: what host<->device copies cost next to the model
+    if acc.images and timed_transfer:  # per image, timed on the agent: host<->device copies next to the model
         row.extra["compute_ms"] = round(1e3 * acc.compute_s / acc.images, 6)
         row.extra["transfer_ms"] = round(1e3 * acc.transfer_s / acc.images, 6)
 

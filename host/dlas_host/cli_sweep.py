@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -55,7 +59,11 @@ def sweep_run(
             out.print(table)
             return
         sweep_id = start_sweep(spec, registry, store, names)
-    _print_plan_summary(spec, registry, names, store.path, jobs)
+    try:
+        _print_plan_summary(spec, registry, names, store.path, jobs)
+    except KeyboardInterrupt:  # Ctrl-C while planning: the sweep is recorded, nothing of it started
+        _exit_interrupted(f"sweep {sweep_id} interrupted before it started: `dlas-host sweep resume {sweep_id}` "
+                          "runs it", 128 + signal.SIGINT)
     _run(sweep_id, registry, store, executor)
 
 
@@ -121,6 +129,17 @@ def sweep_resume(
     _run(sweep_id, registry, store, executor)
 
 
+def _exit_interrupted(message: str, code: int) -> None:
+    """Say why and leave at once. The run's processes are gone and its state is stored; skipping interpreter
+    teardown means no thread still inside an extension (Rust or C++) is unwound by the exiting interpreter,
+    which aborts the process ("Rust cannot catch foreign exceptions") instead of exiting with ``code``."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _run(sweep_id: str, registry, store, executor: str) -> None:
     """Run the sweep; SIGINT/SIGTERM end it with 128 + the signal's number once its processes are gone."""
     from .sweep.runner import SweepInterrupted, run_sweep
@@ -128,11 +147,11 @@ def _run(sweep_id: str, registry, store, executor: str) -> None:
     try:
         counts = run_sweep(sweep_id, registry, store, executor, console=err)
     except SweepInterrupted as exc:
-        fail(str(exc), 128 + exc.signum)
+        _exit_interrupted(str(exc), 128 + exc.signum)
     except KeyboardInterrupt as exc:  # before the runner took the sweep: nothing of it was started
         signum = getattr(exc, "signum", 2)
-        fail(f"sweep {sweep_id} interrupted before it started: `dlas-host sweep resume {sweep_id}` runs it",
-             128 + signum)
+        _exit_interrupted(f"sweep {sweep_id} interrupted before it started: `dlas-host sweep resume {sweep_id}` "
+                          "runs it", 128 + signum)
     except (DlasError, OSError) as exc:
         fail(str(exc))
     _print_counts(sweep_id, counts)
