@@ -100,7 +100,10 @@ def test_local_sweep_killed_and_resumed_loses_nothing(tmp_path):
     rep = cli("report", "--sweep", sweep_id, "--db", str(db), "--out", str(report_dir))
     assert rep.returncode == 0, rep.stderr
     html = (report_dir / "report.html").read_text()
-    assert html.count("<img") >= 2 and "runs fastest with" in html
+    # the systems compared, whatever the samples say (6 per row: a 1.5x lead can still fall short of p < 0.05;
+    # the statistics themselves are tested on planted rows in test_report_rules.py)
+    assert html.count("<img") >= 2 and "data-rule='best-system'" in html, html[-3000:]
+    assert "vs torch" in html or "than torch" in html  # the finding compares TVM with torch either way
 
 
 def test_dead_device_is_retried_then_quarantined(tmp_path):

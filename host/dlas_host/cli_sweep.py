@@ -137,6 +137,10 @@ def _exit_interrupted(message: str, code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    with contextlib.suppress(Exception):  # our multiprocessing resource tracker: gone before we are, as at a
+        from multiprocessing import resource_tracker  # noqa: PLC0415 - normal exit (it exits when its pipe closes)
+
+        resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
     os._exit(code)
 
 
