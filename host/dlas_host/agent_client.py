@@ -111,12 +111,7 @@ class AgentClient:
     def profile(self, library: Path, sha256: str, inputs: list[np.ndarray], *, repeat: int = 10, warmup: int = 2,
                 num_threads: int = 0) -> ProfileResult:
         """Upload library and inputs; time every call of one run on the device (``dlas_agent.profile``)."""
-        lib_name = f"{sha256[:16]}.so"
-        with tempfile.TemporaryDirectory() as tmp:
-            npz = Path(tmp) / "inputs.npz"
-            np.savez(npz, **{f"arg{i}": a for i, a in enumerate(inputs)})
-            self.upload(library, lib_name)
-            self.upload(npz, "inputs.npz")
+        lib_name = self._upload_run(library, sha256, inputs)
         request = ProfileRequest(artifact=lib_name, sha256=sha256, inputs="inputs.npz",
                                  device=self.device.runtime_device, repeat=repeat, warmup=warmup,
                                  num_threads=num_threads, artifact_mac=self.artifact_mac(sha256))
@@ -135,6 +130,16 @@ class AgentClient:
     def device_info(self) -> DeviceInfo:
         return DeviceInfo.from_json(self._call(FN_DEVICE_INFO, timeout=self.timeouts.info_s))
 
+    def _upload_run(self, library: Path, sha256: str, inputs: list[np.ndarray]) -> str:
+        """Upload the library (named by its hash) and the inputs as ``inputs.npz``; the library's remote name."""
+        lib_name = f"{sha256[:16]}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "inputs.npz"
+            np.savez(npz, **{f"arg{i}": a for i, a in enumerate(inputs)})
+            self.upload(library, lib_name)
+            self.upload(npz, "inputs.npz")
+        return lib_name
+
     def upload(self, local: Path, remote_name: str) -> None:
         call_with_deadline(lambda: self.session.upload(str(local), remote_name), self.timeouts.upload_s,
                            f"{self.device.name}: upload {remote_name}")
@@ -146,12 +151,7 @@ class AgentClient:
     def benchmark(self, library: Path, sha256: str, inputs: list[np.ndarray], *, number: int = 3, repeat: int = 10,
                   warmup: int = 2, num_threads: int = 0) -> tuple[BenchmarkResult, list[np.ndarray]]:
         """Upload library and inputs, run and time on the device; return the result and the outputs."""
-        lib_name = f"{sha256[:16]}.so"
-        with tempfile.TemporaryDirectory() as tmp:
-            npz = Path(tmp) / "inputs.npz"
-            np.savez(npz, **{f"arg{i}": a for i, a in enumerate(inputs)})
-            self.upload(library, lib_name)
-            self.upload(npz, "inputs.npz")
+        lib_name = self._upload_run(library, sha256, inputs)
         request = BenchmarkRequest(artifact=lib_name, sha256=sha256, inputs="inputs.npz",
                                    device=self.device.runtime_device, number=number, repeat=repeat, warmup=warmup,
                                    num_threads=num_threads, artifact_mac=self.artifact_mac(sha256))

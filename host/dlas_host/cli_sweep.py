@@ -38,17 +38,10 @@ def sweep_run(
 ) -> None:
     """Expand a sweep spec into jobs and run them across the devices."""
     from .sweep.runner import start_sweep
-    from .sweep.spec import expand, load_spec
+    from .sweep.spec import expand
 
-    if bool(spec_file) == bool(preset):
-        with user_errors():
-            raise DlasError("give a sweep spec file or --preset NAME (not both)")
+    spec, registry, store, names = _load(spec_file, preset, only, devices_file, db)
     with user_errors():
-        spec = load_spec(spec_file or preset)
-        registry, store = _open(devices_file, db)
-        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()] or None
-        if names:
-            registry.select(names)  # an unknown name is an error, not an empty sweep
         jobs = expand(spec, registry, names)
         if dry_run:
             table = Table(title=f"{spec.name}: {len(jobs)} jobs")
@@ -65,6 +58,23 @@ def sweep_run(
         _exit_interrupted(f"sweep {sweep_id} interrupted before it started: `dlas-host sweep resume {sweep_id}` "
                           "runs it", 128 + signal.SIGINT)
     _run(sweep_id, registry, store, executor)
+
+
+def _load(spec_file: Optional[str], preset: Optional[str], only: Optional[list[str]], devices_file: Optional[Path],
+          db: Optional[Path]) -> tuple:
+    """(spec, registry narrowed to ``--only``, store, names or None) of `sweep run|plan`; bad input is one line."""
+    from .sweep.spec import load_spec
+
+    if bool(spec_file) == bool(preset):
+        with user_errors():
+            raise DlasError("give a sweep spec file or --preset NAME (not both)")
+    with user_errors():
+        spec = load_spec(spec_file or preset)
+        registry, store = _open(devices_file, db)
+        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()] or None
+        if names:
+            registry.select(names)  # an unknown name is an error, not an empty sweep
+    return spec, registry, store, names
 
 
 def _print_plan_summary(spec, registry, names, db_path: Path, jobs) -> None:
@@ -91,17 +101,9 @@ def sweep_plan(
     """Count a sweep's jobs, distinct builds, tuning tasks and models to make, and estimate host time, device
     time and disk from earlier runs' costs (defaults where there are none). Runs nothing."""
     from .sweep.plan import fmt_s, plan_sweep
-    from .sweep.spec import load_spec
 
-    if bool(spec_file) == bool(preset):
-        with user_errors():
-            raise DlasError("give a sweep spec file or --preset NAME (not both)")
+    spec, registry, store, names = _load(spec_file, preset, only, devices_file, db)
     with user_errors():
-        spec = load_spec(spec_file or preset)
-        registry, store = _open(devices_file, db)
-        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()] or None
-        if names:
-            registry.select(names)
         plan = plan_sweep(spec, registry, names, store.path)
     if as_json:
         emit_json(plan.as_dict())
